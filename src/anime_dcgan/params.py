@@ -1,0 +1,161 @@
+"""Typed, validated pipeline parameters read from ``params.yaml``.
+
+Every stage loads the whole file through :func:`load_params`, so a typo anywhere (an unknown key, a
+wrong type, a value out of range) stops the stage before it does any work, with a message that names
+the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
+
+from anime_dcgan.stage import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(PipelineError, ValueError):
+    """params.yaml does not describe a valid run; the message lists every problem."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (a typo must never be silently ignored); numbers written as strings
+    # ("2e-4", which PyYAML reads as a str) are accepted because pydantic's lax mode parses them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode would read `lr: true` as 1.0; a boolean is never a meaningful number here
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError("must be a power of two (16, 32, 64, 128 or 256)")
+    return value
+
+
+class DataParams(_Strict):
+    """Where images come from and how they become the cached uint8 tensor file."""
+
+    source: str = Field("synthetic", min_length=1)
+    synthetic_count: Int = Field(20_000, ge=1, le=10_000_000)
+    max_images: Int | None = Field(None, ge=1)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    image_size: Int = Field(64, ge=16, le=256)
+    min_size: Int = Field(32, ge=1)
+    image_column: str | None = None
+    workers: Int = Field(0, ge=0, le=256)
+
+    _check_size = field_validator("image_size")(_power_of_two)
+
+
+class Params(_Strict):
+    """The whole of params.yaml. Training tunables are top-level so `dvc exp run -S lr=...` works."""
+
+    seed: Int = Field(0, ge=0, le=2**31 - 1)
+    data: DataParams = DataParams()
+
+    # model
+    arch: Literal["seed", "dcgan"] = "seed"
+    nz: Int = Field(100, ge=1, le=4096)
+    ngf: Int = Field(64, ge=1, le=1024)
+    ndf: Int = Field(64, ge=1, le=1024)
+
+    # optimisation
+    steps: Int = Field(2000, ge=1)
+    batch_size: Int = Field(64, ge=2, le=65_536)
+    lr: Float = Field(0.00015, gt=0, le=1)
+    lr_d: Float | None = Field(None, gt=0, le=1)
+    beta1: Float = Field(0.5, ge=0, lt=1)
+    beta2: Float = Field(0.999, ge=0, lt=1)
+    label_noise: Float = Field(0.2, ge=0, lt=0.5)
+    ema_decay: Float = Field(0.999, ge=0, lt=1)
+
+    # loop
+    log_every: Int = Field(25, ge=1)
+    sample_every: Int = Field(100, ge=1)
+    checkpoint_every: Int = Field(250, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: Literal["auto"] | bool = "auto"
+
+    # generate / evaluate
+    sample_source: Literal["ema", "raw"] = "ema"
+    n_samples: Int = Field(2000, ge=1)
+    fid_samples: Int = Field(1000, ge=2)
+
+    @field_validator("lr", "lr_d", "beta1", "beta2", "label_noise", "ema_decay")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("fid_samples")
+    @classmethod
+    def _within_samples(cls, value: int, info: ValidationInfo) -> int:
+        n_samples = info.data.get("n_samples")
+        if n_samples is not None and value > n_samples:
+            raise ValueError(f"must not exceed n_samples ({n_samples}): the evaluate stage scores "
+                             "the first fid_samples of the generated samples")
+        return value
+
+    @property
+    def lr_discriminator(self) -> float:
+        return self.lr if self.lr_d is None else self.lr_d
+
+    def train_config(self) -> dict[str, Any]:
+        """The parameters that determine a training run (its identity for resuming)."""
+        keys = ("seed", "arch", "nz", "ngf", "ndf", "steps", "batch_size", "lr", "lr_d", "beta1",
+                "beta2", "label_noise", "ema_decay", "log_every", "sample_every", "checkpoint_every",
+                "device", "precision", "compile")
+        return {key: getattr(self, key) for key in keys}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (value {error['input']!r}); check its spelling against the README"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and error["type"] != "missing":
+        return f"{key}: {message} (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def parse_params(raw: Any, origin: str = PARAMS_FILE) -> Params:
+    """Validate an already-parsed mapping; raises ParamsError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(error)}" for error in exc.errors())
+        raise ParamsError(f"{origin} is invalid:\n{problems}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run the stages from the repository root") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, origin=str(path))

@@ -1,0 +1,35 @@
+"""What every DVC stage script shares: parameters checked first, Ctrl-C and SIGTERM handled, and the
+errors a user can fix printed as one clear message rather than a traceback."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class PipelineError(Exception):
+    """A problem the user can fix (bad input data, bad parameters, an unreachable server...):
+    the stage prints the message, which says what is wrong and what to do, and exits with status 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: runs end KILLED and temporary files are removed."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        reason = str(exc) or "interrupted"
+        print(f"{name}: {reason}; stopped, no partial output was left behind", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
+    except PipelineError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
