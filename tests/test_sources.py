@@ -1,0 +1,496 @@
+"""fetch_source(): every form of data.source, into data/raw/, with real files and a real HTTP server."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anime_dcgan.data.download import DownloadError
+from anime_dcgan.data.sources import FetchSummary, HubSource, SourceError, fetch_source
+from anime_dcgan.params import DataParams
+from http_fixtures import HttpTestServer
+
+
+def _image_bytes(index: int, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (index * 37 % 256, index * 91 % 256, 200)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# relative path -> content: a small tree as users' folders and archives look
+FACES = {f"faces/{index:03d}.png": _image_bytes(index) for index in range(6)} | {
+    "faces/extra/a.JPG": _image_bytes(7, "JPEG"),
+    "faces/extra/b.JpEg": _image_bytes(8, "JPEG"),
+}
+NOT_IMAGES = {"faces/notes.txt": b"hello", "faces/labels.csv": b"a,b\n"}
+IGNORED = {"faces/.DS_Store": b"x", "__MACOSX/faces/._000.png": b"x", ".hidden/secret.png": b"x"}
+
+
+def _fetch(tmp_path: Path, source: str | Path, **data: object) -> tuple[FetchSummary, Path]:
+    raw_dir = tmp_path / "data" / "raw"
+    summary = fetch_source(DataParams(source=str(source), **data), seed=0, raw_dir=raw_dir,
+                           cache_dir=tmp_path / ".cache" / "downloads", progress=False)
+    return summary, raw_dir
+
+
+def _written(raw_dir: Path) -> dict[str, bytes]:
+    images = raw_dir / "images"
+    return {path.relative_to(images).as_posix(): path.read_bytes()
+            for path in images.rglob("*") if path.is_file()}
+
+
+def _write_tree(root: Path, files: dict[str, bytes], order: list[str] | None = None) -> Path:
+    for name in order or list(files):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(files[name])
+    return root
+
+
+def _zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _add_tar_member(archive: tarfile.TarFile, name: str, content: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(content)
+    archive.addfile(info, io.BytesIO(content))
+
+
+def _no_leftovers(tmp_path: Path) -> bool:
+    data = tmp_path / "data"
+    return not data.exists() or not [path for path in data.iterdir() if path.name != "raw"]
+
+
+# -- local folders and archives --------------------------------------------------------------------
+
+def test_a_folder_is_copied_recursively_taking_only_images(tmp_path):
+    folder = _write_tree(tmp_path / "src", FACES | NOT_IMAGES | IGNORED)
+
+    summary, raw_dir = _fetch(tmp_path, folder)
+
+    assert _written(raw_dir) == FACES
+    assert (summary.kind, summary.n_images, summary.n_skipped) == ("folder", 8, 2)
+    assert not (raw_dir / "attributes.csv").exists()
+    assert "8 images" in summary.line() and "faces/notes.txt" in summary.line()
+    assert _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("suffix, mode", [(".zip", None), (".tar", "w"), (".tar.gz", "w:gz"),
+                                          (".tgz", "w:gz"), (".tar.bz2", "w:bz2"),
+                                          (".tar.xz", "w:xz")])
+def test_archives_are_unpacked_with_their_relative_paths(tmp_path, suffix, mode):
+    archive = tmp_path / f"faces{suffix}"
+    files = FACES | NOT_IMAGES | IGNORED
+    if mode is None:
+        archive.write_bytes(_zip_bytes(files))
+    else:
+        with tarfile.open(archive, mode) as tar:
+            for name, content in files.items():
+                _add_tar_member(tar, name, content)
+
+    summary, raw_dir = _fetch(tmp_path, archive)
+
+    assert _written(raw_dir) == FACES
+    assert (summary.kind, summary.n_images, summary.n_skipped) == ("archive", 8, 2)
+
+
+def test_max_images_keeps_the_same_subset_whatever_the_creation_order(tmp_path):
+    files = {f"img/{index:04d}.png": _image_bytes(index) for index in range(40)}
+    forward, backward = list(files), list(reversed(files))
+    shuffled = forward.copy()
+    random.Random(3).shuffle(shuffled)
+    subsets = []
+    for run, order in enumerate((forward, backward, shuffled)):
+        folder = _write_tree(tmp_path / f"src{run}", files, order)
+        summary, raw_dir = _fetch(tmp_path / f"run{run}", folder, max_images=10)
+        assert (summary.n_images, summary.n_skipped) == (10, 30)
+        subsets.append(sorted(_written(raw_dir)))
+    zipped = tmp_path / "img.zip"
+    zipped.write_bytes(_zip_bytes({name: files[name] for name in shuffled}))
+    subsets.append(sorted(_written(_fetch(tmp_path / "zip", zipped, max_images=10)[1])))
+
+    expected = sorted(sorted(files, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:10])
+    assert all(subset == expected for subset in subsets)
+
+
+def test_zip_slip_members_are_refused_and_nothing_is_written(tmp_path):
+    archive = tmp_path / "evil.zip"
+    archive.write_bytes(_zip_bytes({"ok.png": _image_bytes(1), "../evil.png": _image_bytes(2)}))
+
+    with pytest.raises(SourceError, match=r"'\.\./evil\.png'.*outside the output folder"):
+        _fetch(tmp_path, archive)
+
+    assert not (tmp_path / "data" / "evil.png").exists() and not (tmp_path / "evil.png").exists()
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+
+def test_tar_absolute_names_links_and_devices_are_refused(tmp_path):
+    cases = {"absolute": "/etc/face.png", "symlink": tarfile.SYMTYPE, "fifo": tarfile.FIFOTYPE}
+    for case, detail in cases.items():
+        archive = tmp_path / f"{case}.tar"
+        with tarfile.open(archive, "w") as tar:
+            _add_tar_member(tar, "ok.png", _image_bytes(1))
+            if case == "absolute":
+                _add_tar_member(tar, detail, _image_bytes(2))
+            else:
+                info = tarfile.TarInfo("face.png")
+                info.type = detail
+                info.linkname = "/etc/passwd"
+                tar.addfile(info)
+        expected = {"absolute": "outside the output folder", "symlink": "is a link",
+                    "fifo": "device or pipe"}[case]
+        with pytest.raises(SourceError, match=expected) as error:
+            _fetch(tmp_path, archive)
+        assert archive.name in str(error.value)
+        assert not (tmp_path / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_a_truncated_archive_is_reported_by_name(tmp_path, suffix):
+    files = {f"f/{index}.png": _image_bytes(index) for index in range(20)}
+    archive = tmp_path / f"faces{suffix}"
+    if suffix == ".zip":
+        archive.write_bytes(_zip_bytes(files))
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            for name, content in files.items():
+                _add_tar_member(tar, name, content)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    with pytest.raises(SourceError, match="corrupt or truncated") as error:
+        _fetch(tmp_path, archive)
+
+    assert str(archive) in str(error.value) and "Re-create or re-download" in str(error.value)
+    assert archive.exists()  # a user's own file is never deleted
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+
+def test_the_shared_real_sample_zip_unpacks(tmp_path, shared_sample_zip):
+    summary, raw_dir = _fetch(tmp_path, shared_sample_zip, max_images=25)
+
+    written = _written(raw_dir)
+    assert (summary.n_images, len(written)) == (25, 25)
+    assert summary.n_skipped == 4998 - 25
+    assert all(name.startswith("anime-faces-64/") and name.endswith(".jpg") for name in written)
+    with Image.open(raw_dir / "images" / next(iter(written))) as image:
+        assert image.size == (64, 64)
+
+
+# -- parquet ---------------------------------------------------------------------------------------
+
+def _faces_table(n_rows: int, struct: bool = True) -> pa.Table:
+    images = [_image_bytes(index, "PNG" if index % 3 else "JPEG") for index in range(n_rows)]
+    image_struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    column = (pa.array([{"bytes": content, "path": f"{index}.png"}
+                        for index, content in enumerate(images)], image_struct)
+              if struct else pa.array(images, pa.binary()))
+    return pa.table({"image": column, "label": pa.array([index % 4 for index in range(n_rows)]),
+                     "name": pa.array([f"face {index}" for index in range(n_rows)]),
+                     "tags": pa.array([["a", "b"]] * n_rows)})
+
+
+@pytest.mark.parametrize("struct", [True, False])
+def test_parquet_rows_become_files_and_scalar_columns_become_attributes(tmp_path, struct):
+    table = _faces_table(300, struct)  # more rows than one read batch
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(table, path, row_group_size=100)
+
+    summary, raw_dir = _fetch(tmp_path, path)
+
+    written = _written(raw_dir)
+    assert (summary.kind, summary.n_images, len(written)) == ("parquet", 300, 300)
+    assert written["train-00000-of-00001/000000.jpg"] == _image_bytes(0, "JPEG")
+    assert written["train-00000-of-00001/000299.png"] == _image_bytes(299)
+    with open(raw_dir / "attributes.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["file", "label", "name"]  # the list column `tags` is not a label
+    assert rows[299] == {"file": "images/train-00000-of-00001/000299.png", "label": "3",
+                         "name": "face 299"}
+    assert all((raw_dir / row["file"]).is_file() for row in rows)
+
+
+def test_parquet_max_images_subset_and_missing_bytes(tmp_path):
+    table = _faces_table(30)
+    images = table.column("image").to_pylist()
+    images[5] = {"bytes": None, "path": "elsewhere.png"}
+    table = table.set_column(0, "image", pa.array(images, table.schema.field("image").type))
+    path = tmp_path / "shard.parquet"
+    pq.write_table(table, path)
+
+    full, raw_full = _fetch(tmp_path / "full", path)
+    subset, raw_subset = _fetch(tmp_path / "subset", path, max_images=12)
+
+    assert (full.n_images, full.n_skipped) == (29, 1) and "shard/000005" in full.line()
+    keys = sorted((f"shard/{row:06d}" for row in range(30)),
+                  key=lambda key: hashlib.sha1(key.encode()).hexdigest())[:12]
+    written_keys = sorted(name.split(".")[0] for name in _written(raw_subset))
+    assert written_keys == sorted(set(keys) - {"shard/000005"})
+    assert subset.n_images + subset.n_skipped == 30
+    with open(raw_subset / "attributes.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == subset.n_images
+
+
+def test_parquet_image_column_detection_errors_name_the_columns(tmp_path):
+    ambiguous = tmp_path / "two.parquet"
+    pq.write_table(pa.table({"a": pa.array([b"x"]), "b": pa.array([b"y"])}), ambiguous)
+    no_images = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"label": pa.array([1])}), no_images)
+
+    with pytest.raises(SourceError, match=r"several columns \(a, b\).*data.image_column"):
+        _fetch(tmp_path / "1", ambiguous)
+    with pytest.raises(SourceError, match=r"no column.*label \(int64\)"):
+        _fetch(tmp_path / "2", no_images)
+    with pytest.raises(SourceError, match="data.image_column 'c' is not a column"):
+        _fetch(tmp_path / "3", ambiguous, image_column="c")
+    summary, raw_dir = _fetch(tmp_path / "4", ambiguous, image_column="b")
+    assert _written(raw_dir) == {"two/000000.bin": b"y"}  # unknown magic: kept as obtained
+
+
+def test_a_file_that_is_not_parquet_is_reported(tmp_path):
+    path = tmp_path / "faces.parquet"
+    path.write_bytes(b"this is not a parquet file at all")
+
+    with pytest.raises(SourceError, match="not a readable parquet file") as error:
+        _fetch(tmp_path, path)
+    assert str(path) in str(error.value)
+
+
+# -- bad source strings and the atomic swap --------------------------------------------------------
+
+@pytest.mark.parametrize("source, message", [
+    ("no/such/folder", "no such file or folder"),
+    ("ftp://example.com/faces.zip", "unsupported URL scheme 'ftp'"),
+    ("hf:just-a-name", "expected hf:owner/name"),
+])
+def test_unknown_sources_list_the_accepted_forms(tmp_path, source, message):
+    with pytest.raises(SourceError, match=message) as error:
+        _fetch(tmp_path, source)
+    if not source.startswith("hf:"):
+        assert source in str(error.value) and "Accepted forms of data.source" in str(error.value)
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_a_file_of_unknown_kind_is_refused(tmp_path):
+    path = tmp_path / "faces.rar"
+    path.write_bytes(b"Rar!")
+    with pytest.raises(SourceError, match="a file of unknown kind") as error:
+        _fetch(tmp_path, path)
+    assert "faces.rar" in str(error.value)
+
+
+def test_a_source_without_images_is_an_error(tmp_path):
+    folder = _write_tree(tmp_path / "src", NOT_IMAGES)
+    with pytest.raises(SourceError, match=r"contains no images \(2 files skipped"):
+        _fetch(tmp_path, folder)
+
+
+def test_sha256_on_a_local_file_is_checked_and_refused_for_folders(tmp_path):
+    archive = tmp_path / "faces.zip"
+    archive.write_bytes(_zip_bytes(FACES))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    assert _fetch(tmp_path / "ok", archive, sha256=digest)[0].n_images == 8
+    with pytest.raises(SourceError, match=f"expected sha256 {'1' * 64}.*got {digest}"):
+        _fetch(tmp_path / "bad", archive, sha256="1" * 64)
+    with pytest.raises(SourceError, match="data.sha256 is set but the folder"):
+        _fetch(tmp_path / "folder", _write_tree(tmp_path / "src", FACES), sha256=digest)
+
+
+def test_a_failing_fetch_leaves_the_previous_raw_dir_untouched(tmp_path):
+    first = _write_tree(tmp_path / "first", {"a.png": _image_bytes(1)})
+    second = _write_tree(tmp_path / "second", {"b.png": _image_bytes(2)})
+    _, raw_dir = _fetch(tmp_path, first)
+    before = _written(raw_dir)
+
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SourceError):
+        _fetch(tmp_path, broken)
+    assert _written(raw_dir) == before == {"a.png": _image_bytes(1)}
+    assert _no_leftovers(tmp_path)
+
+    _fetch(tmp_path, second)  # a successful fetch replaces everything
+    assert _written(raw_dir) == {"b.png": _image_bytes(2)}
+    assert _no_leftovers(tmp_path)
+
+
+# -- URLs ------------------------------------------------------------------------------------------
+
+def test_a_zip_url_is_downloaded_to_the_cache_and_unpacked(http_server, tmp_path):
+    (http_server.root / "faces.zip").write_bytes(_zip_bytes(FACES | NOT_IMAGES))
+
+    summary, raw_dir = _fetch(tmp_path, http_server.url("faces.zip"))
+
+    assert _written(raw_dir) == FACES
+    assert (summary.kind, summary.n_skipped) == ("url", 2) and "zip faces.zip" in summary.line()
+    assert [path.name.split("-", 1)[1] for path in (tmp_path / ".cache/downloads").glob("*.zip")] == \
+        ["faces.zip"]
+
+
+def test_a_parquet_url_and_a_single_image_url(http_server, tmp_path):
+    pq.write_table(_faces_table(5), http_server.root / "faces.parquet")
+    (http_server.root / "one.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
+
+    summary, raw_dir = _fetch(tmp_path / "p", http_server.url("faces.parquet"))
+    assert (summary.kind, summary.n_images) == ("url", 5)
+    assert (raw_dir / "attributes.csv").is_file()
+
+    summary, raw_dir = _fetch(tmp_path / "i", http_server.url("one.webp"))
+    assert _written(raw_dir) == {"one.webp": b"RIFF\x00\x00\x00\x00WEBPVP8 "}
+
+
+def test_a_url_serving_a_web_page_is_explained(http_server, tmp_path):
+    (http_server.root / "download").write_text("<!DOCTYPE html><html>Sign in</html>")
+
+    with pytest.raises(SourceError, match="HTML page") as error:
+        _fetch(tmp_path, http_server.url("download"))
+
+    assert "deleted from the download cache" in str(error.value)
+    assert not [path for path in (tmp_path / ".cache/downloads").iterdir() if path.suffix != ".lock"]
+
+
+def test_a_missing_url_fails_clearly_and_leaves_no_raw_dir(http_server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404") as error:
+        _fetch(tmp_path, http_server.url("missing.zip"))
+    assert "missing.zip" in str(error.value)
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+
+def test_a_url_checksum_mismatch_leaves_no_file_in_cache_or_raw_dir(http_server, tmp_path):
+    (http_server.root / "faces.zip").write_bytes(_zip_bytes(FACES))
+
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        _fetch(tmp_path, http_server.url("faces.zip"), sha256="2" * 64)
+
+    cache = tmp_path / ".cache/downloads"
+    assert not [path for path in cache.iterdir() if path.suffix != ".lock"]
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+
+def test_a_corrupt_downloaded_archive_is_removed_from_the_cache(http_server, tmp_path):
+    (http_server.root / "faces.zip").write_bytes(_zip_bytes(FACES)[:300])
+
+    with pytest.raises(SourceError, match="corrupt or truncated.*run again to download it anew"):
+        _fetch(tmp_path, http_server.url("faces.zip"))
+    assert not list((tmp_path / ".cache/downloads").glob("*faces.zip"))
+
+
+# -- Hugging Face hub ------------------------------------------------------------------------------
+
+@pytest.fixture
+def hub(http_server: HttpTestServer, monkeypatch: pytest.MonkeyPatch) -> HttpTestServer:
+    monkeypatch.setenv("HF_ENDPOINT", http_server.base_url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return http_server
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def test_hub_source_strings_parse():
+    assert HubSource.parse("hf:huggan/anime-faces") == HubSource("huggan/anime-faces", "main", None)
+    assert HubSource.parse("hf:a/b@v1.0/data/x.zip") == HubSource("a/b", "v1.0", "data/x.zip")
+    endpoint = "https://hub.example"
+    assert HubSource.parse("hf:a/b@v1/data/x y.zip").resolve_url(endpoint, "data/x y.zip") == \
+        "https://hub.example/datasets/a/b/resolve/v1/data/x%20y.zip"
+    assert HubSource.parse("hf:a/b").tree_url(endpoint) == \
+        "https://hub.example/api/datasets/a/b/tree/main?recursive=true"
+
+
+def test_hub_repo_with_one_archive_is_listed_downloaded_and_works_offline(hub, tmp_path):
+    hub.add_hf_dataset("huggan/anime-faces", {".gitattributes": b"*.zip lfs", "README.md": b"# faces",
+                                               "data.zip": _zip_bytes(FACES)})
+
+    summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces")
+
+    assert _written(raw_dir) == FACES
+    assert (summary.kind, summary.n_images) == ("hf", 8) and "data.zip" in summary.line()
+    assert hub.requests_for("/api/datasets/huggan/anime-faces/tree/main")[0].query == "recursive=true"
+    assert hub.requests_for("/datasets/huggan/anime-faces/resolve/main/data.zip")
+
+    hub.stop()  # offline: the saved listing and the cached download are enough
+    summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces")
+    assert _written(raw_dir) == FACES
+
+
+def test_hub_repo_of_parquet_shards_takes_them_all_across_listing_pages(hub, tmp_path):
+    shards = {f"data/train-0000{index}-of-00002.parquet": _parquet_bytes(_faces_table(4))
+              for index in range(2)}
+    hub.add_hf_dataset("someone/faces", shards | {"README.md": b"x", "data/extra.zip": b"PK"},
+                       page_size=2)
+
+    summary, raw_dir = _fetch(tmp_path, "hf:someone/faces")
+
+    assert summary.n_images == 8
+    assert sorted(_written(raw_dir))[:2] == ["train-00000-of-00002/000000.jpg",
+                                              "train-00000-of-00002/000001.png"]
+    with open(raw_dir / "attributes.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 8
+    assert len(hub.requests_for("/api/datasets/someone/faces/tree/main")) >= 3  # paged listing
+
+
+def test_hub_path_and_revision_select_a_file_or_folder(hub, tmp_path):
+    hub.add_hf_dataset("o/faces", {"data.zip": _zip_bytes({"x.png": _image_bytes(1)})})
+    hub.add_hf_dataset("o/faces", {"v1/old.zip": _zip_bytes({"y.png": _image_bytes(2)}),
+                                   "v1/other.tar": b""}, revision="v1")
+
+    _, raw_dir = _fetch(tmp_path / "a", "hf:o/faces/data.zip")
+    assert _written(raw_dir) == {"x.png": _image_bytes(1)}
+    assert not hub.requests_for("/api/datasets/o/faces/tree/main")  # a named file needs no listing
+
+    _, raw_dir = _fetch(tmp_path / "b", "hf:o/faces@v1/v1/old.zip")
+    assert _written(raw_dir) == {"y.png": _image_bytes(2)}
+    assert hub.requests_for("/datasets/o/faces/resolve/v1/v1/old.zip")
+
+    with pytest.raises(SourceError, match="several archives in o/faces/v1.*hf:o/faces/<path>.*old.zip"):
+        _fetch(tmp_path / "c", "hf:o/faces@v1/v1")
+
+
+def test_hub_errors_name_the_repo_file_and_token(hub, tmp_path, monkeypatch):
+    hub.add_hf_dataset("o/faces", {"README.md": b"x", "notes.txt": b"y"})
+    with pytest.raises(SourceError, match=r"no parquet file and no archive in o/faces.*README.md"):
+        _fetch(tmp_path, "hf:o/faces")
+    with pytest.raises(SourceError, match="'o/nothing' .*not found"):
+        _fetch(tmp_path, "hf:o/nothing")
+    with pytest.raises(SourceError, match="'missing.zip' is not in the Hugging Face dataset o/faces"):
+        _fetch(tmp_path, "hf:o/faces/missing.zip")
+
+    hub.add_hf_dataset("o/private", {"data.zip": _zip_bytes(FACES)})
+    hub.required_token = "secret"
+    with pytest.raises(DownloadError, match="HF_TOKEN"):
+        _fetch(tmp_path, "hf:o/private")
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    assert _fetch(tmp_path, "hf:o/private")[0].n_images == 8
+    assert hub.requests[-1].headers["Authorization"] == "Bearer secret"
+    assert not (tmp_path / "data" / ".raw.partial").exists()
+
+
+# -- synthetic -------------------------------------------------------------------------------------
+
+def test_synthetic_source_writes_images_and_attributes(tmp_path):
+    pytest.importorskip("anime_dcgan.data.synthetic")
+
+    summary, raw_dir = _fetch(tmp_path, "synthetic", synthetic_count=12, max_images=5, workers=1)
+
+    assert (summary.kind, summary.n_images) == ("synthetic", 5)
+    assert len(_written(raw_dir)) == 5
+    with open(raw_dir / "attributes.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 5 and all((raw_dir / row["file"]).is_file() for row in rows)
