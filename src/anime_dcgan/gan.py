@@ -1,0 +1,157 @@
+"""The GAN update as pure functions of tensors: no I/O, no host synchronisation.
+
+One training step (the article's recipe, Agarwal 2019 / Radford et al. 2016):
+  1. D on the real batch:  maximise log D(x)          with noisy targets 1 - U(0, label_noise)
+  2. D on the fake batch:  maximise log(1 - D(G(z)))  with noisy targets U(0, label_noise)
+     (two separate updates, like the article's two `train_on_batch` calls)
+  3. G:                    maximise log D(G(z))       with the noisy real targets of step 1
+     (reusing step 2's fake batch, as pytorch/examples does: one generator forward per step)
+  4. EMA of G's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anime_dcgan.models import Discriminator, Generator, ModelConfig
+
+# indices into the tensor returned by train_step
+STEP_METRICS = ("loss_d_real", "loss_d_fake", "loss_g", "d_x", "d_g_z", "d_accuracy")
+
+
+@dataclass
+class GanConfig:
+    lr_g: float
+    lr_d: float
+    beta1: float
+    beta2: float
+    label_noise: float
+
+
+@dataclass
+class Gan:
+    config: GanConfig
+    generator: Generator
+    discriminator: Discriminator
+    ema: Generator                        # exponential moving average of the generator's weights
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
+def build_gan(model: ModelConfig, config: GanConfig, device: torch.device) -> Gan:
+    """Networks in channels_last (faster convolutions on CPU and tensor cores) and their optimisers."""
+    generator = Generator(model).to(device, memory_format=torch.channels_last)
+    discriminator = Discriminator(model).to(device, memory_format=torch.channels_last)
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    # fused Adam runs the whole update in a few kernels on CUDA; foreach is the fast path elsewhere
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2), **fused)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2), **fused)
+    return Gan(config, generator, discriminator, ema, opt_g, opt_d)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] -> float (B, 3, H, W) in [-1, 1], channels_last."""
+    return images.float().div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
+
+
+def draw_step_inputs(n_images: int, batch_size: int, nz: int, label_noise: float,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's randomness, from the global RNG: batch indices, noise z and the noisy targets."""
+    indices = torch.randint(n_images, (batch_size,), device=device)          # (B,)
+    z = torch.randn(batch_size, nz, 1, 1, device=device)                    # (B, nz, 1, 1)
+    noise = torch.rand(2, batch_size, 1, device=device) * label_noise       # (2, B, 1)
+    targets = torch.stack((1.0 - noise[0], noise[1]))                       # real, fake targets
+    return indices, z, targets
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up: early on the EMA follows the generator closely, so a short run's EMA does not keep a
+    visible share of the random initial weights (TensorFlow's num_updates rule)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.Tensor,
+               targets: torch.Tensor, autocast, ema_decay: float) -> torch.Tensor:
+    """One GAN update. dataset: uint8 (N, 3, H, W) on the device. Returns (6,) STEP_METRICS, on device."""
+    G, D = gan.generator, gan.discriminator
+    real = normalise(dataset[indices])                                      # (B, 3, H, W)
+    real_targets, fake_targets = targets[0], targets[1]                     # (B, 1) each
+
+    with autocast:
+        fake = G(z)                                                         # (B, 3, H, W)
+
+    # 1. D on real: minimise BCE(D(x), 1 - u)  ==  maximise log D(x)
+    with autocast:
+        logits_real = D(real)                                               # (B, 1)
+    loss_d_real = F.binary_cross_entropy_with_logits(logits_real.float(), real_targets)
+    gan.opt_d.zero_grad(set_to_none=True)
+    loss_d_real.backward()
+    gan.opt_d.step()
+
+    # 2. D on fake: minimise BCE(D(G(z)), u)  ==  maximise log(1 - D(G(z)))
+    with autocast:
+        logits_fake = D(fake.detach())                                      # (B, 1)
+    loss_d_fake = F.binary_cross_entropy_with_logits(logits_fake.float(), fake_targets)
+    gan.opt_d.zero_grad(set_to_none=True)
+    loss_d_fake.backward()
+    gan.opt_d.step()
+
+    # 3. G: minimise BCE(D(G(z)), 1 - u)  ==  maximise log D(G(z)) (the non-saturating loss)
+    D.requires_grad_(False)  # gradients flow through D to G; D's own weight gradients are not needed
+    with autocast:
+        logits_g = D(fake)                                                  # (B, 1)
+    loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), real_targets)
+    gan.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    gan.opt_g.step()
+    D.requires_grad_(True)
+
+    # 4. EMA of the generator
+    update_ema(gan.ema, G, ema_decay)
+
+    with torch.no_grad():
+        d_x = torch.sigmoid(logits_real.float()).mean()
+        d_g_z = torch.sigmoid(logits_fake.float()).mean()
+        accuracy = ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean()) / 2
+        return torch.stack((loss_d_real.detach(), loss_d_fake.detach(), loss_g.detach(), d_x, d_g_z, accuracy))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model; buffers (BatchNorm statistics) are copied.
+    decay 0 makes the EMA a plain copy of the generator."""
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: Generator, batches: int, batch_size: int, seed: int) -> Generator:
+    """Replace the BatchNorm running statistics by exact averages over `batches` batches of fresh noise.
+
+    The running statistics were accumulated for the raw generator's weights with momentum 0.5 (i.e.
+    mostly the last batch); they do not match the EMA weights. Averaging them over many batches
+    ("standing statistics") gives an eval-mode generator whose every sample depends on its own noise
+    only, so sample k is the same whatever the batch size.
+    """
+    device = next(generator.parameters()).device
+    noise = torch.Generator(device="cpu").manual_seed(seed)
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches seen
+    generator.train()
+    for _ in range(batches):
+        z = torch.randn(batch_size, generator.config.nz, 1, 1, generator=noise).to(device)
+        generator(z)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return generator.eval()

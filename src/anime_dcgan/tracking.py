@@ -1,0 +1,215 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Where runs go:
+- default: an sqlite store ``mlflow.db`` at the repository root, found by absolute path (DVC's
+  ``DVC_ROOT`` when set, so runs of ``dvc exp run --queue/--temp`` land in the main store), with the
+  experiment's artifacts under ``<root>/mlruns``;
+- ``MLFLOW_TRACKING_URI`` overrides both (a shared tracking server). A server that does not answer
+  stops the stage at once with a clear message: runs are never silently lost or logged elsewhere.
+
+A run is ended FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM); a run left RUNNING by
+a SIGKILL is marked KILLED when the stage is rerun and resumes (see train.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anime_dcgan.layout import repo_root
+from anime_dcgan.stage import PipelineError
+
+EXPERIMENT_NAME = os.environ.get("MLFLOW_EXPERIMENT_NAME", "anime-dcgan")
+_BATCH_LIMIT = 1000  # MLflow's limit on metrics per log_batch call
+_PARAMS_LIMIT = 100  # and on params
+
+
+class TrackingUnavailable(PipelineError):
+    """The configured MLflow tracking server cannot be reached."""
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast when a remote tracking server is down, instead of MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} (from MLFLOW_TRACKING_URI) does not answer: {exc}.\n"
+            "Start the server, or unset MLFLOW_TRACKING_URI to log to the local store mlflow.db."
+        ) from None
+
+
+class Tracker:
+    """A client bound to one store and experiment; creates the sqlite schema and experiment safely
+    when several stages (for example `dvc queue start -j 2` workers) start at once."""
+
+    def __init__(self, root: Path | None = None):
+        from filelock import FileLock
+        from mlflow.tracking import MlflowClient
+
+        self.root = root or repo_root()
+        self.uri = tracking_uri(self.root)
+        _check_server(self.uri)
+        local = self.uri.startswith("sqlite:")
+        # sqlite schema creation/migration and experiment creation race between processes: serialise
+        lock = FileLock(str(self.root / "mlflow.db.lock")) if local else _no_lock()
+        with lock:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+            if experiment is None:
+                artifacts = (self.root / "mlruns").as_uri() if local else None
+                self.experiment_id = self.client.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts)
+            else:
+                self.experiment_id = experiment.experiment_id
+
+    def run_exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def mark_killed_if_running(self, run_id: str | None) -> bool:
+        """A run whose process died without ending it (SIGKILL, power loss) is marked KILLED."""
+        if self.run_exists(run_id) and self.run_status(run_id) == "RUNNING":
+            self.client.set_terminated(run_id, status="KILLED")
+            return True
+        return False
+
+    @contextmanager
+    def start_run(self, run_name: str | None, tags: Mapping[str, str]) -> Iterator[Run]:
+        """A new run ended FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an exception."""
+        info = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags)).info
+        run = Run(self, info.run_id)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            self.client.set_terminated(info.run_id, status="KILLED")
+            raise
+        except BaseException:
+            self.client.set_terminated(info.run_id, status="FAILED")
+            raise
+        self.client.set_terminated(info.run_id, status="FINISHED")
+
+    def attach(self, run_id: str) -> Run:
+        """Log into an existing run without changing its status."""
+        return Run(self, run_id)
+
+    def run_for_training(self, training_run_id: str) -> Run:
+        """The run later stages (generate, evaluate) log into: the training run itself.
+
+        When this store does not hold it (the models came from `dvc pull` or DVC's run cache on
+        another machine), one stand-in run per training run is created and reused, tagged with the
+        original id, so samples and metrics still land together."""
+        if self.run_exists(training_run_id):
+            return self.attach(training_run_id)
+        tag = "anime_dcgan.training_run"
+        found = self.client.search_runs([self.experiment_id], f"tags.`{tag}` = '{training_run_id}'", max_results=1)
+        if found:
+            return self.attach(found[0].info.run_id)
+        info = self.client.create_run(self.experiment_id, run_name=run_name(), tags={
+            **provenance_tags(self.root), tag: training_run_id,
+            "mlflow.note.content": f"Outputs of training run {training_run_id}, which is not in this "
+                                   "store (restored by dvc pull or the DVC run cache)."}).info
+        self.client.set_terminated(info.run_id, status="FINISHED")
+        return self.attach(info.run_id)
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
+class Run:
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.client = tracker.client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(key, str(value)) for key, value in sorted(flatten(params).items())]
+        for start in range(0, len(flat), _PARAMS_LIMIT):
+            self.client.log_batch(self.run_id, params=flat[start:start + _PARAMS_LIMIT])
+
+    def log_metrics(self, rows: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+        """Log many (step, {name: value}) rows in a few batched writes (never one write per step)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now, int(step))
+                   for step, values in rows for name, value in values.items()]
+        for start in range(0, len(metrics), _BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + _BATCH_LIMIT])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """An (H, W, 3) uint8 image shown by step in the MLflow UI (progress grids)."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"data": {"source": "x"}} -> {"data.source": "x"}: the names dvc uses for nested params."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def provenance_tags(root: Path) -> dict[str, str]:
+    """Git commit and DVC experiment of this run, so a run in the UI leads back to its code."""
+    tags = {"anime_dcgan.repo_root": str(root)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path.cwd(), capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def run_name() -> str | None:
+    """DVC's experiment name when DVC runs the stage (`dvc exp run`), else MLflow picks one."""
+    return os.environ.get("DVC_EXP_NAME") or None

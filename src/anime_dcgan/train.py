@@ -1,0 +1,317 @@
+"""The training loop around the pure step of gan.py: data on the device, logging, progress grids,
+the collapse monitor, divergence checks, checkpoints and exact resume, and the exported models.
+
+The step itself never synchronises with the host: its metrics are summed on the device and read
+only every `log_every` steps (that read is where a NaN/inf is caught).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from anime_dcgan import checkpoint as ckpt
+from anime_dcgan.device import Runtime, pick_runtime, tune_cpu_allocator
+from anime_dcgan.gan import (STEP_METRICS, Gan, GanConfig, build_gan, draw_step_inputs, ema_decay_at,
+                             normalise, recalibrate_batchnorm, train_step)
+from anime_dcgan.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
+from anime_dcgan.models import ModelConfig, model_summary, save_model
+from anime_dcgan.params import Params
+from anime_dcgan.sampling import to_uint8
+from anime_dcgan.stage import PipelineError
+from anime_dcgan.tracking import Run, Tracker, provenance_tags, run_name
+from anime_dcgan.visuals import image_grid, save_png
+
+GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)
+COLLAPSE_DIVERSITY = 0.2       # fixed-noise diversity below this share of the real data's = collapse
+STANDING_STATS_BATCHES = 32    # batches of noise that set the exported generators' BatchNorm statistics
+
+
+class DivergenceError(PipelineError):
+    """A loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    models_dir: Path       # generator.pt, generator_ema.pt, discriminator.pt, summary.txt
+    progress_dir: Path     # step_000100.png ... fixed-noise grids through training
+    losses_csv: Path       # one row per logging interval (a DVC plot, x = step)
+    summary_json: Path     # final figures + mlflow_run_id (a DVC metrics file)
+
+
+def load_dataset(path: Path, device: torch.device) -> torch.Tensor:
+    """The whole processed dataset as one uint8 (N, 3, S, S) tensor on the device."""
+    images = np.load(path)
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.dtype != np.uint8:
+        raise PipelineError(f"{path}: expected uint8 images of shape (N, 3, S, S), got {images.dtype} "
+                         f"{images.shape}; rerun the preprocess stage")
+    if len(images) == 0:
+        raise PipelineError(f"{path} holds no images; rerun the preprocess stage")
+    return torch.from_numpy(images).to(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def fixed_noise(nz: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The progress grids' noise (GRID_SIZE, nz, 1, 1): its own generator, so drawing it never
+    shifts the training RNG."""
+    return torch.randn(GRID_SIZE, nz, 1, 1, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def gan_config(params: Params) -> GanConfig:
+    return GanConfig(lr_g=params.lr, lr_d=params.lr_discriminator, beta1=params.beta1,
+                     beta2=params.beta2, label_noise=params.label_noise)
+
+
+class _Interval:
+    """Step metrics summed on the device over one logging interval."""
+
+    def __init__(self, length: int, device: torch.device):
+        self.total = torch.zeros(len(STEP_METRICS), device=device)
+        self.finite = torch.ones(length, dtype=torch.bool, device=device)  # per step of the interval
+        self.count = 0
+
+    def add(self, metrics: torch.Tensor) -> None:
+        self.total += metrics
+        self.finite[self.count] = torch.isfinite(metrics).all()
+        self.count += 1
+
+    def read(self, last_step: int) -> dict[str, float]:
+        """Host read (the only sync); raises DivergenceError naming the first bad step."""
+        finite = self.finite[:self.count].cpu()
+        if not bool(finite.all()):
+            first_bad = last_step - self.count + 1 + int((~finite).nonzero()[0])
+            raise DivergenceError(f"step {first_bad}")
+        mean = (self.total / self.count).tolist()
+        self.total.zero_()
+        self.finite.fill_(True)
+        self.count = 0
+        return dict(zip(STEP_METRICS, mean))
+
+
+def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tracker,
+          checkpoint_root: Path, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the run that `params` and the data at `images_path` describe."""
+    runtime = pick_runtime(params.device, params.precision, params.compile)
+    if runtime.device.type == "cpu":
+        tune_cpu_allocator()
+    dataset = load_dataset(images_path, runtime.device)                    # (N, 3, S, S) uint8
+    model_config = ModelConfig(params.arch, dataset.shape[-1], params.nz, params.ngf, params.ndf)
+    identity = ckpt.run_identity({**params.train_config(), "image_size": model_config.image_size},
+                                 file_sha256(images_path))
+    folder = checkpoint_root / identity
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / "lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PipelineError(f"another training run with the same parameters and data is running "
+                           f"(it holds {folder / 'lock'}); wait for it to finish") from None
+    try:
+        return _train_locked(params, runtime, dataset, model_config, folder, identity, outputs,
+                             tracker, progress)
+    finally:
+        lock.release()
+
+
+def _train_locked(params: Params, runtime: Runtime, dataset: torch.Tensor, model_config: ModelConfig,
+                  folder: Path, identity: str, outputs: TrainOutputs, tracker: Tracker,
+                  progress: bool) -> dict[str, Any]:
+    seed_everything(params.seed)
+    gan = build_gan(model_config, gan_config(params), runtime.device)
+    state = ckpt.load_checkpoint(folder)
+    start_step, history = 0, []
+    interval = _Interval(params.log_every, runtime.device)
+    tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": identity}
+    if state is not None:
+        _load_state(gan, state)
+        ckpt.restore_rng_state(state["rng"])
+        start_step, history = state["step"], state["history"]
+        interval.total.copy_(state["interval_total"])
+        interval.count = state["interval_count"]
+        tracker.mark_killed_if_running(state["mlflow_run_id"])
+        tags |= {"anime_dcgan.resumed_from_step": str(start_step),
+                 "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
+
+    summaries = "\n\n".join(model_summary(m) for m in (gan.generator, gan.discriminator))
+    print(summaries)
+    print(f"train: {len(dataset):,} images of {model_config.image_size}x{model_config.image_size} on "
+          f"{runtime.device.type}, {runtime.precision}{', compiled' if runtime.compile else ''}; "
+          + (f"resuming at step {start_step} of {params.steps}" if start_step else f"{params.steps} steps"))
+
+    with tracker.start_run(run_name(), tags) as run:
+        run.log_params(params.model_dump())
+        run.log_params({"runtime.device": runtime.device.type, "runtime.precision": runtime.precision,
+                        "runtime.compile": runtime.compile, "data.n_images": len(dataset)})
+        run.log_text(summaries, "model_summary.txt")
+        if history:  # the resumed run carries the whole curve, not only the part after the restart
+            run.log_metrics((row["step"], _metrics_only(row)) for row in history)
+        loop = _Loop(params, runtime, gan, dataset, folder, run, history, interval, progress)
+        seconds = loop.run(start_step)
+        return _export(params, runtime, gan, model_config, folder, outputs, run, history, seconds,
+                       start_step, loop.collapse_warning, summaries)
+
+
+def _metrics_only(row: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k != "step"}
+
+
+def _load_state(gan: Gan, state: dict[str, Any]) -> None:
+    gan.generator.load_state_dict(state["generator"])
+    gan.discriminator.load_state_dict(state["discriminator"])
+    gan.ema.load_state_dict(state["ema"])
+    gan.opt_g.load_state_dict(state["opt_g"])
+    gan.opt_d.load_state_dict(state["opt_d"])
+
+
+class _Loop:
+    def __init__(self, params: Params, runtime: Runtime, gan: Gan, dataset: torch.Tensor, folder: Path,
+                 run: Run, history: list[dict[str, float]], interval: _Interval, progress: bool):
+        self.params, self.runtime, self.gan, self.dataset = params, runtime, gan, dataset
+        self.folder, self.mlflow_run, self.history, self.interval = folder, run, history, interval
+        self.progress = progress
+        self.pending: list[tuple[int, dict[str, float]]] = []   # metrics not yet sent to MLflow
+        self.collapse_warning = ""
+        self.z_fixed = fixed_noise(params.nz, params.seed, runtime.device)
+        with torch.no_grad():
+            self.real_diversity = float(normalise(dataset[:GRID_SIZE]).std(dim=0).mean())
+        # compiled views of the networks for the step; the originals are saved and sampled
+        self.step_gan = gan if not runtime.compile else dataclasses.replace(
+            gan, generator=torch.compile(gan.generator), discriminator=torch.compile(gan.discriminator))
+
+    def run(self, start_step: int) -> float:
+        p = self.params
+        bar = tqdm(total=p.steps, initial=start_step, desc="train", unit="step", disable=not self.progress)
+        started = time.perf_counter()
+        for step in range(start_step + 1, p.steps + 1):
+            indices, z, targets = draw_step_inputs(len(self.dataset), p.batch_size, p.nz, p.label_noise,
+                                                   self.runtime.device)
+            metrics = train_step(self.step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
+                                 ema_decay_at(step, p.ema_decay))
+            self.interval.add(metrics)
+            bar.update()
+            last = step == p.steps
+            if step % p.log_every == 0 or last:
+                row = {"step": step, **self._read_interval(step)}
+                self.history.append(row)
+                self.pending.append((step, _metrics_only(row)))
+                bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
+            if step % p.sample_every == 0 or last:
+                self._progress_grid(step)
+                self.mlflow_run.log_metrics(self.pending)
+                self.pending = []
+            if step % p.checkpoint_every == 0 or last:
+                self._check_finite(step)
+                self._save_checkpoint(step)
+        bar.close()
+        self.mlflow_run.log_metrics(self.pending)
+        return time.perf_counter() - started
+
+    def _read_interval(self, step: int) -> dict[str, float]:
+        try:
+            return self.interval.read(step)
+        except DivergenceError as exc:
+            saved = ckpt.load_checkpoint(self.folder)
+            kept = (f"the last good checkpoint (step {saved['step']}) is kept in {self.folder}"
+                    if saved else "no checkpoint had been written yet")
+            raise DivergenceError(
+                f"training diverged: a loss became NaN or infinite at {exc}; {kept}. Rerunning the same "
+                f"parameters repeats the run; lower lr (now {self.params.lr}), raise label_noise, or use "
+                "precision: fp32 to change it."
+            ) from None
+
+    def _check_finite(self, step: int) -> None:
+        if self.interval.count:  # steps since the last log: check them before saving their weights
+            finite = self.interval.finite[:self.interval.count]
+            if not bool(finite.all()):
+                self._read_interval(step)
+
+    @torch.no_grad()
+    def _progress_grid(self, step: int) -> None:
+        G = self.gan.generator
+        G.eval()  # running statistics: no side effect on training, no dependence on the grid's batch
+        with self.runtime.autocast():
+            samples = G(self.z_fixed).float()                               # (64, 3, S, S)
+        G.train()
+        image = image_grid(to_uint8(samples).cpu())
+        save_png(image, self.folder / "progress" / f"step_{step:06d}.png")
+        self.mlflow_run.log_image(image, key="progress", step=step)
+        # collapse monitor: spread of the fixed-noise samples relative to real images' spread
+        diversity = float(samples.std(dim=0).mean()) / max(self.real_diversity, 1e-8)
+        d_accuracy = self.history[-1]["d_accuracy"] if self.history else float("nan")
+        self.pending.append((step, {"fixed_noise_diversity": diversity}))
+        if diversity < COLLAPSE_DIVERSITY and not self.collapse_warning:
+            self.collapse_warning = (f"step {step}: fixed-noise diversity {diversity:.3f} of the real "
+                                     f"data's (< {COLLAPSE_DIVERSITY}), discriminator accuracy {d_accuracy:.2f}")
+            print(f"WARNING: mode collapse suspected at {self.collapse_warning}")
+            self.mlflow_run.set_tags({"collapse_warning": self.collapse_warning})
+
+    def _save_checkpoint(self, step: int) -> None:
+        gan = self.gan
+        ckpt.save_checkpoint(self.folder, {
+            "step": step,
+            "generator": gan.generator.state_dict(), "discriminator": gan.discriminator.state_dict(),
+            "ema": gan.ema.state_dict(), "opt_g": gan.opt_g.state_dict(), "opt_d": gan.opt_d.state_dict(),
+            "history": self.history, "interval_total": self.interval.total.cpu(),
+            "interval_count": self.interval.count, "mlflow_run_id": self.mlflow_run.run_id,
+        })
+
+
+def _export(params: Params, runtime: Runtime, gan: Gan, model_config: ModelConfig, folder: Path,
+            outputs: TrainOutputs, run: Run, history: list[dict[str, float]], seconds: float,
+            start_step: int, collapse_warning: str, summaries: str) -> dict[str, Any]:
+    """Write the DVC outputs of the stage and log them to MLflow."""
+    seed = params.seed + 1  # standing statistics noise: not the training or the grid noise
+    ema = recalibrate_batchnorm(gan.ema, STANDING_STATS_BATCHES, params.batch_size, seed)
+    generator = recalibrate_batchnorm(gan.generator, STANDING_STATS_BATCHES, params.batch_size, seed)
+    outputs.models_dir.mkdir(parents=True, exist_ok=True)
+    save_model(generator, outputs.models_dir / "generator.pt")
+    save_model(ema, outputs.models_dir / "generator_ema.pt")
+    save_model(gan.discriminator.eval(), outputs.models_dir / "discriminator.pt")
+    atomic_write_text(outputs.models_dir / "summary.txt", summaries + "\n")
+
+    with atomic_dir(outputs.progress_dir) as staging:  # the grids, kept across a resume, become the output
+        for grid in (folder / "progress").iterdir():
+            shutil.copy2(grid, staging)
+    _write_losses(outputs.losses_csv, history)
+    trained_steps = params.steps - start_step
+    summary = {
+        "steps": params.steps,
+        "resumed_from_step": start_step,
+        "train_seconds": round(seconds, 2),
+        "images_per_second": round(trained_steps * params.batch_size / seconds, 1) if seconds else 0.0,
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "compiled": runtime.compile,
+        "collapse_warning": collapse_warning,
+        "mlflow_run_id": run.run_id,
+        **{f"final_{k}": round(v, 5) for k, v in _metrics_only(history[-1]).items()},
+    }
+    atomic_write_json(outputs.summary_json, summary)
+    run.log_metrics([(params.steps, {"images_per_second": summary["images_per_second"]})])
+    run.log_artifact(outputs.models_dir, "models")
+    run.log_artifact(outputs.losses_csv, "metrics")
+    ckpt.remove_checkpoints(folder)
+    return summary
+
+
+def _write_losses(path: Path, history: list[dict[str, float]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", *STEP_METRICS])
+        writer.writeheader()
+        writer.writerows({k: (round(v, 6) if k != "step" else v) for k, v in row.items()} for row in history)

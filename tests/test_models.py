@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from anime_dcgan.models import Discriminator, Generator, ModelConfig, load_model, model_summary, save_model
+
+
+@pytest.mark.parametrize("arch", ["seed", "dcgan"])
+@pytest.mark.parametrize("image_size", [16, 32, 64])
+def test_shapes(arch, image_size):
+    config = ModelConfig(arch=arch, image_size=image_size, nz=20, ngf=8, ndf=8)
+    z = torch.randn(5, 20, 1, 1)
+    images = Generator(config)(z)
+    assert images.shape == (5, 3, image_size, image_size)
+    assert images.min() >= -1 and images.max() <= 1  # tanh output
+    assert Discriminator(config)(images).shape == (5, 1)
+
+
+def test_seed_architecture_matches_the_article():
+    """512@4x4 -> 256@8x8 -> 128@16x16 -> 64@32x32 -> extra 3x3 conv (64) -> 3@64x64."""
+    generator = Generator(ModelConfig("seed"))
+    shapes, x = [], torch.randn(2, 100, 1, 1)
+    for layer in generator.net:
+        x = layer(x)
+        if isinstance(layer, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)):
+            shapes.append((type(layer).__name__, tuple(x.shape[1:])))
+    assert shapes == [
+        ("ConvTranspose2d", (512, 4, 4)), ("ConvTranspose2d", (256, 8, 8)), ("ConvTranspose2d", (128, 16, 16)),
+        ("ConvTranspose2d", (64, 32, 32)), ("Conv2d", (64, 32, 32)), ("ConvTranspose2d", (3, 64, 64)),
+    ]
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.5 for m in norms)
+    assert all(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2
+               for m in generator.net if isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU)))
+
+    discriminator = Discriminator(ModelConfig("seed"))
+    convs = [m.out_channels for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [64, 128, 256, 512]
+    assert isinstance(discriminator.net[-1], torch.nn.Linear) and discriminator.net[-1].in_features == 512 * 16
+    # BatchNorm on all but the first convolution
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules()) == 3
+
+
+def test_dcgan_architecture_is_pytorch_examples():
+    generator = Generator(ModelConfig("dcgan"))
+    assert any(isinstance(m, torch.nn.ReLU) for m in generator.modules())
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in generator.modules())  # no extra conv
+    weights = torch.cat([m.weight.flatten() for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    assert abs(weights.std().item() - 0.02) < 0.002  # N(0, 0.02) init
+    # parameter counts of pytorch/examples' dcgan with nz=100, ngf=ndf=64
+    assert sum(p.numel() for p in generator.parameters()) == 3_576_704
+    assert sum(p.numel() for p in Discriminator(ModelConfig("dcgan")).parameters()) == 2_765_568
+
+
+def test_summary_lists_layers_with_shapes_and_params():
+    text = model_summary(Generator(ModelConfig("seed")))
+    assert "ConvTranspose2d" in text and "[1, 512, 4, 4]" in text and "[1, 3, 64, 64]" in text
+    assert "Total params" in text
+
+
+def test_saved_model_loads_without_params(tmp_path):
+    config = ModelConfig("dcgan", image_size=32, nz=10, ngf=8, ndf=8)
+    generator = Generator(config).eval()
+    save_model(generator, tmp_path / "g.pt")
+    loaded = load_model(tmp_path / "g.pt")
+    assert loaded.config == config and not loaded.training
+    z = torch.randn(3, 10, 1, 1)
+    assert torch.equal(loaded(z), generator(z))
+    assert list(tmp_path.iterdir()) == [tmp_path / "g.pt"]  # no temporary file left
+
+
+def test_invalid_image_size_is_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(ModelConfig(image_size=48))

@@ -1,0 +1,189 @@
+"""The train stage on tiny configurations: learning, MLflow records, divergence, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from anime_dcgan import checkpoint as ckpt
+from anime_dcgan import train as train_module
+from anime_dcgan.models import load_model
+from anime_dcgan.params import parse_params
+from anime_dcgan.tracking import Tracker
+from anime_dcgan.train import DivergenceError, TrainOutputs, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"arch": "seed", "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 8, "steps": 12, "log_every": 2,
+        "sample_every": 4, "checkpoint_every": 4, "n_samples": 8, "fid_samples": 8,
+        "precision": "fp32", "compile": False, "device": "cpu"}
+
+
+def make_workspace(root: Path, **overrides) -> Path:
+    """A folder laid out like the repository: params.yaml and the processed images."""
+    (root / "data/processed").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
+    images[:32, 0] = 255  # two visibly different halves, something to learn
+    np.save(root / "data/processed/images.npy", images)
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY, **overrides}))
+    return root
+
+
+def outputs_in(root: Path) -> TrainOutputs:
+    return TrainOutputs(root / "models", root / "progress", root / "metrics/losses.csv", root / "metrics/train.json")
+
+
+def run_library(root: Path, **overrides) -> dict:
+    params = parse_params({**TINY, **overrides})
+    return train(params, root / "data/processed/images.npy", outputs_in(root), Tracker(root),
+                 root / ".cache/checkpoints", progress=False)
+
+
+def client(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def start_stage(root: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "stages/train.py")], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(root: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_FILE}")):
+        assert process.poll() is None, f"the stage ended before its first checkpoint: {process.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
+    root = make_workspace(tmp_path)
+    summary = run_library(root)
+
+    losses = pd.read_csv(root / "metrics/losses.csv")
+    assert list(losses.step) == [2, 4, 6, 8, 10, 12]
+    assert np.isfinite(losses.drop(columns="step").to_numpy()).all()
+    assert losses.d_x.between(0, 1).all() and losses.d_accuracy.between(0, 1).all()
+
+    # the weights moved away from their initialisation, and the EMA differs from the raw generator
+    train_module.seed_everything(0)
+    initial = train_module.build_gan(load_model(root / "models/generator.pt").config,
+                                     train_module.gan_config(parse_params(TINY)), torch.device("cpu"))
+    trained = load_model(root / "models/generator.pt")
+    ema = load_model(root / "models/generator_ema.pt")
+    first = "net.0.weight"
+    assert not torch.equal(trained.state_dict()[first], initial.generator.state_dict()[first])
+    assert not torch.equal(trained.state_dict()[first], ema.state_dict()[first])
+    assert sorted(p.name for p in (root / "progress").iterdir()) == [
+        "step_000004.png", "step_000008.png", "step_000012.png"]
+
+    recorded = json.loads((root / "metrics/train.json").read_text())
+    assert recorded == summary and recorded["resumed_from_step"] == 0
+    run = client(root).get_run(recorded["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.00015" and run.data.params["data.source"] == "synthetic"
+    history = client(root).get_metric_history(run.info.run_id, "loss_g")
+    assert [m.step for m in history] == [2, 4, 6, 8, 10, 12]
+    assert [round(m.value, 5) for m in history] == [round(v, 5) for v in losses.loss_g]
+    artifacts = {a.path for a in client(root).list_artifacts(run.info.run_id)}
+    assert {"images", "models", "metrics", "model_summary.txt"} <= artifacts
+    images = [a.path for a in client(root).list_artifacts(run.info.run_id, "images")]
+    assert sum(p.endswith(".png") and "progress+step+" in p for p in images) == 3
+    assert not (root / ".cache/checkpoints").exists() or not any((root / ".cache/checkpoints").iterdir())
+
+
+def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path):
+    settings = {"steps": 300, "checkpoint_every": 20, "log_every": 10, "sample_every": 100}
+    reference = make_workspace(tmp_path / "reference", **settings)
+    assert start_stage(reference).wait() == 0
+
+    root = make_workspace(tmp_path / "killed", **settings)
+    process = start_stage(root)
+    wait_for_checkpoint(root, process)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    saved_step = ckpt.load_checkpoint(next((root / ".cache/checkpoints").iterdir()))["step"]
+    assert 0 < saved_step < 300
+    killed_run = client(root).search_runs([client(root).get_experiment_by_name("anime-dcgan").experiment_id])[0]
+    assert killed_run.info.status == "RUNNING"  # SIGKILL: nobody could end it
+
+    # another configuration starts from scratch, even with the checkpoint above lying there
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY, **settings, "lr": 0.0003}))
+    assert start_stage(root).wait() == 0
+    assert json.loads((root / "metrics/train.json").read_text())["resumed_from_step"] == 0
+
+    # the original configuration resumes from its checkpoint and ends exactly like the reference
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY, **settings}))
+    resumed = start_stage(root)
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    summary = json.loads((root / "metrics/train.json").read_text())
+    assert summary["resumed_from_step"] == saved_step
+    for name in ("generator.pt", "generator_ema.pt", "discriminator.pt"):
+        ours = torch.load(root / "models" / name, weights_only=True)["state_dict"]
+        theirs = torch.load(reference / "models" / name, weights_only=True)["state_dict"]
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert (root / "metrics/losses.csv").read_bytes() == (reference / "metrics/losses.csv").read_bytes()
+
+    assert client(root).get_run(killed_run.info.run_id).info.status == "KILLED"
+    run = client(root).get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["anime_dcgan.resumed_from_run"] == killed_run.info.run_id
+    assert len(client(root).get_metric_history(run.info.run_id, "loss_g")) == 30  # the whole curve
+
+
+def test_sigterm_ends_the_run_killed_and_writes_no_outputs(tmp_path):
+    root = make_workspace(tmp_path, steps=100_000, checkpoint_every=5)
+    process = start_stage(root)
+    wait_for_checkpoint(root, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "SIGTERM" in err and "no partial output" in err
+    assert not (root / "models").exists() and not (root / "metrics/train.json").exists()
+    (run,) = client(root).search_runs([client(root).get_experiment_by_name("anime-dcgan").experiment_id])
+    assert run.info.status == "KILLED"
+
+
+def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    root = make_workspace(tmp_path)
+    real_step = train_module.train_step
+
+    def poisoned_step(gan, dataset, indices, z, targets, autocast, ema_decay, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 7:  # fault injection: a real NaN in the weights, propagated by the real step
+            with torch.no_grad():
+                next(gan.generator.parameters()).fill_(float("nan"))
+        return real_step(gan, dataset, indices, z, targets, autocast, ema_decay)
+
+    monkeypatch.setattr(train_module, "train_step", poisoned_step)
+    with pytest.raises(DivergenceError, match=r"NaN or infinite at step 7; the last good checkpoint \(step 4\)"):
+        run_library(root)
+    (folder,) = (root / ".cache/checkpoints").iterdir()
+    assert ckpt.load_checkpoint(folder)["step"] == 4
+    (run,) = client(root).search_runs([client(root).get_experiment_by_name("anime-dcgan").experiment_id])
+    assert run.info.status == "FAILED"
+    assert not (root / "models").exists()
+
+
+def test_bf16_and_compiled_steps_stay_finite_and_learn(tmp_path):
+    from anime_dcgan.device import supports_bf16
+
+    precision = "bf16" if supports_bf16(torch.device("cpu")) else "fp32"
+    root = make_workspace(tmp_path)
+    summary = run_library(root, precision=precision, compile=True, steps=6, log_every=3)
+    assert summary["precision"] == precision and summary["compiled"] is True
+    losses = pd.read_csv(root / "metrics/losses.csv")
+    assert np.isfinite(losses.drop(columns="step").to_numpy()).all()
