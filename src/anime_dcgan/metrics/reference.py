@@ -1,0 +1,80 @@
+"""Reference statistics of the real images: the fid_reference stage's output, read by evaluate.
+
+A reference is a pipeline output, never a hidden cache: it is recomputed only when the processed
+images change, and it records which images it used and under which feature protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anime_dcgan.io import atomic_path
+from anime_dcgan.metrics.fid import feature_statistics
+from anime_dcgan.metrics.images import as_uint8_images
+from anime_dcgan.metrics.inception import FEATURE_DIM, inception_features
+from anime_dcgan.stage import PipelineError
+
+# Written into every reference; evaluate refuses a reference made under another protocol.
+PROTOCOL = "inception-v3-tf-2015-12-05 | uint8 -> tf1-bilinear 299 -> (x-128)/128 -> pool3 2048"
+_ARRAYS = ("indices", "features", "mu", "sigma")
+
+
+def compute_reference(images: np.ndarray, n: int, seed: int, device: str | torch.device = "cpu",
+                      batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+    """Inception statistics of min(n, N) real images chosen by a seeded permutation.
+
+    Returns ``indices`` (int64, sorted, into ``images``), ``features`` (float32 (n, 2048), to save
+    space), ``mu`` and ``sigma`` (float64, from the unrounded features), ``seed`` and ``protocol``.
+    """
+    images = as_uint8_images(images)
+    if n < 2:
+        raise ValueError(f"a reference needs at least 2 images (a covariance), got n = {n}")
+    if len(images) < 2:
+        raise PipelineError(f"only {len(images)} real image(s): a reference needs at least 2")
+    count = min(n, len(images))
+    # sorted: the chosen set is the permutation's first `count`, read in file order from the memory map
+    indices = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
+    features = inception_features(images, device, batch_size=batch_size, progress=progress, indices=indices)
+    mu, sigma = feature_statistics(features)
+    return {"indices": indices.astype(np.int64), "features": features.astype(np.float32), "mu": mu,
+            "sigma": sigma, "seed": seed, "protocol": PROTOCOL}
+
+
+def save_reference(path: str | Path, reference: dict[str, Any]) -> None:
+    """Write a reference to an .npz file (temporary name, then renamed)."""
+    missing = [key for key in (*_ARRAYS, "seed", "protocol") if key not in reference]
+    if missing:
+        raise ValueError(f"reference lacks {missing}; build it with compute_reference")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to a name
+        np.savez(handle, **{key: np.asarray(reference[key]) for key in (*_ARRAYS, "seed", "protocol")})
+
+
+def load_reference(path: str | Path) -> dict[str, Any]:
+    """Read and check a reference written by :func:`save_reference`."""
+    path = Path(path)
+    hint = "rerun the fid_reference stage (dvc repro fid_reference)"
+    if not path.is_file():
+        raise PipelineError(f"reference statistics {path} not found; {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            reference = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is not a readable .npz file ({exc}); {hint}") from None
+    missing = [key for key in (*_ARRAYS, "seed", "protocol") if key not in reference]
+    if missing:
+        raise PipelineError(f"{path} lacks {missing}: not a reference file; {hint}")
+    if str(reference["protocol"]) != PROTOCOL:
+        raise PipelineError(f"{path} was computed under another feature protocol "
+                            f"({reference['protocol']!s}, expected {PROTOCOL}); {hint}")
+    count = len(reference["indices"])
+    expected = {"features": (count, FEATURE_DIM), "mu": (FEATURE_DIM,), "sigma": (FEATURE_DIM, FEATURE_DIM)}
+    for key, shape in expected.items():
+        if reference[key].shape != shape:
+            raise PipelineError(f"{path}: {key} has shape {reference[key].shape}, expected {shape}; {hint}")
+    reference["seed"] = int(reference["seed"])
+    reference["protocol"] = str(reference["protocol"])
+    return reference
