@@ -88,16 +88,19 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
 
     # 1. D on real: minimise BCE(D(x), 1 - u)  ==  maximise log D(x)
     with autocast:
-        logits_real = D(real)                                               # (B, 1)
-    loss_d_real = F.binary_cross_entropy_with_logits(logits_real.float(), real_targets)
+        logits_real = D(real).float()                                       # (B, 1)
+    loss_d_real = F.binary_cross_entropy_with_logits(logits_real, real_targets)
+    # statistics read at once: a CUDA-graph replay of D may reuse its output buffer
+    d_x, real_right = _detached_stats(logits_real, real=True)
     gan.opt_d.zero_grad(set_to_none=True)
     loss_d_real.backward()
     gan.opt_d.step()
 
     # 2. D on fake: minimise BCE(D(G(z)), u)  ==  maximise log(1 - D(G(z)))
     with autocast:
-        logits_fake = D(fake.detach())                                      # (B, 1)
-    loss_d_fake = F.binary_cross_entropy_with_logits(logits_fake.float(), fake_targets)
+        logits_fake = D(fake.detach()).float()                              # (B, 1)
+    loss_d_fake = F.binary_cross_entropy_with_logits(logits_fake, fake_targets)
+    d_g_z, fake_right = _detached_stats(logits_fake, real=False)
     gan.opt_d.zero_grad(set_to_none=True)
     loss_d_fake.backward()
     gan.opt_d.step()
@@ -105,8 +108,8 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
     # 3. G: minimise BCE(D(G(z)), 1 - u)  ==  maximise log D(G(z)) (the non-saturating loss)
     D.requires_grad_(False)  # gradients flow through D to G; D's own weight gradients are not needed
     with autocast:
-        logits_g = D(fake)                                                  # (B, 1)
-    loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), real_targets)
+        logits_g = D(fake).float()                                          # (B, 1)
+    loss_g = F.binary_cross_entropy_with_logits(logits_g, real_targets)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()
@@ -115,11 +118,15 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
     # 4. EMA of the generator
     update_ema(gan.ema, G, ema_decay)
 
-    with torch.no_grad():
-        d_x = torch.sigmoid(logits_real.float()).mean()
-        d_g_z = torch.sigmoid(logits_fake.float()).mean()
-        accuracy = ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean()) / 2
-        return torch.stack((loss_d_real.detach(), loss_d_fake.detach(), loss_g.detach(), d_x, d_g_z, accuracy))
+    accuracy = (real_right + fake_right) / 2
+    return torch.stack((loss_d_real.detach(), loss_d_fake.detach(), loss_g.detach(), d_x, d_g_z, accuracy))
+
+
+@torch.no_grad()
+def _detached_stats(logits: torch.Tensor, real: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean D output (a probability) and the share of the batch D classifies right."""
+    right = (logits > 0) if real else (logits < 0)
+    return torch.sigmoid(logits).mean(), right.float().mean()
 
 
 @torch.no_grad()

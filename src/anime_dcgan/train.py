@@ -191,14 +191,18 @@ class _Loop:
         with torch.no_grad():
             self.real_diversity = float(normalise(dataset[:GRID_SIZE]).std(dim=0).mean())
         # compiled views of the networks for the step; the originals are saved and sampled
+        mode = runtime.compile_mode
         self.step_gan = gan if not runtime.compile else dataclasses.replace(
-            gan, generator=torch.compile(gan.generator), discriminator=torch.compile(gan.discriminator))
+            gan, generator=torch.compile(gan.generator, mode=mode),
+            discriminator=torch.compile(gan.discriminator, mode=mode))
 
     def run(self, start_step: int) -> float:
         p = self.params
         bar = tqdm(total=p.steps, initial=start_step, desc="train", unit="step", disable=not self.progress)
         started = time.perf_counter()
         for step in range(start_step + 1, p.steps + 1):
+            if self.runtime.compile and self.runtime.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
             indices, z, targets = draw_step_inputs(len(self.dataset), p.batch_size, p.nz, p.label_noise,
                                                    self.runtime.device)
             metrics = train_step(self.step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
