@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["http_fixtures"]  # the real HTTP server fixture (tests/http_fixtures.py)
+# real HTTP servers (http_fixtures.py) and real git + DVC repositories of the project (project_repo.py)
+pytest_plugins = ["http_fixtures", "project_repo"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE_ZIP = Path(

@@ -7,6 +7,7 @@ the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -125,10 +126,18 @@ class Params(_Strict):
         return {key: getattr(self, key) for key in keys}
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The valid keys beside the one at `loc` (top level, or inside `data:`)."""
+    model = DataParams if loc[:1] == ("data",) and len(loc) > 1 else Params
+    return list(model.model_fields)
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (value {error['input']!r}); check its spelling against the README"
+        close = difflib.get_close_matches(str(error["loc"][-1]), _known_keys(error["loc"]), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see the parameter table in README.md"
+        return f"{key}: unknown key (value {error['input']!r}); {hint}"
     message = error["msg"].removeprefix("Value error, ")
     if "input" in error and error["type"] != "missing":
         return f"{key}: {message} (got {error['input']!r})"

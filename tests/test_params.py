@@ -1,0 +1,83 @@
+"""params.yaml is parsed into a typed, validated object; every mistake is named before any work."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anime_dcgan.params import Params, ParamsError, load_params, parse_params
+
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def test_the_project_params_file_is_the_documented_defaults_with_a_reason_for_each_value():
+    assert load_params(PROJECT_PARAMS) == Params()
+    for line in PROJECT_PARAMS.read_text().splitlines():
+        if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+            assert "#" in line, f"params.yaml line without a comment saying why: {line!r}"
+
+
+@pytest.mark.parametrize(("written", "key", "expected"), [
+    ("lr: 2e-4", "lr", 0.0002),            # PyYAML reads 2e-4 as a string
+    ("lr: 2.0e-4", "lr", 0.0002),
+    ("lr: '0.0002'", "lr", 0.0002),
+    ("steps: 1_000", "steps", 1000),
+    ("steps: 1000.0", "steps", 1000),
+    ("compile: false", "compile", False),
+    ("compile: auto", "compile", "auto"),
+    ("lr_d: null", "lr_d", None),
+])
+def test_accepts_the_forms_users_write(written, key, expected):
+    params = parse_params(yaml.safe_load(written))
+    assert getattr(params, key) == expected and type(getattr(params, key)) is type(expected)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"lrr": 0.1}, "lrr: unknown key (value 0.1); did you mean 'lr'?"),
+    ({"data": {"sourc": "x"}}, "data.sourc: unknown key (value 'x'); did you mean 'source'?"),
+    ({"lr": -1}, "lr: Input should be greater than 0 (got -1)"),
+    ({"lr": "fast"}, "lr: Input should be a valid number, unable to parse string as a number (got 'fast')"),
+    ({"lr": True}, "lr: must be a number, not true/false (got True)"),
+    ({"steps": -5}, "steps: Input should be greater than or equal to 1 (got -5)"),
+    ({"steps": 2.5}, "steps: Input should be a valid integer, got a number with a fractional part (got 2.5)"),
+    ({"data": {"image_size": 48}}, "data.image_size: must be a power of two (16, 32, 64, 128 or 256) (got 48)"),
+    ({"data": {"synthetic_count": 0}}, "data.synthetic_count: Input should be greater than or equal to 1 (got 0)"),
+    ({"data": {"sha256": "abc"}}, "data.sha256: String should match pattern"),
+    ({"arch": "resnet"}, "arch: Input should be 'seed' or 'dcgan' (got 'resnet')"),
+    ({"label_noise": 0.7}, "label_noise: Input should be less than 0.5 (got 0.7)"),
+    ({"n_samples": 10, "fid_samples": 100}, "fid_samples: must not exceed n_samples (10)"),
+    ({"data": 5}, "data: Input should be a valid dictionary"),
+])
+def test_a_mistake_names_the_key_the_value_and_what_is_allowed(raw, message):
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    assert message in str(caught.value)
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"lr": -1, "batch_size": 0, "oops": 1})
+    text = str(caught.value)
+    assert text.startswith("params.yaml is invalid:")
+    assert all(f"  - {key}:" in text for key in ("lr", "batch_size", "oops"))
+
+
+def test_unreadable_files_say_what_is_wrong(tmp_path):
+    with pytest.raises(ParamsError, match="not found: run the stages from the repository root"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("lr: [0.1\n")
+    with pytest.raises(ParamsError, match="is not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("- lr\n- steps\n")
+    with pytest.raises(ParamsError, match="expected a mapping of keys to values, got list"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_an_empty_file_means_all_defaults(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing set\n")
+    assert load_params(tmp_path / "params.yaml") == Params()
+
+
+def test_lr_drives_both_networks_unless_lr_d_is_set():
+    assert parse_params({"lr": 0.0003}).lr_discriminator == 0.0003
+    assert parse_params({"lr": 0.0003, "lr_d": 0.0001}).lr_discriminator == 0.0001
