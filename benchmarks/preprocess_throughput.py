@@ -19,22 +19,20 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import PIL
-import psutil
+
+from child_rss import run_sampling_rss  # beside this script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = Path(os.environ.get("ANIME_FACES_SAMPLE_ZIP",
                                  REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip"))
-SAMPLE_INTERVAL_S = 0.02
 IMAGE_SIZE, MIN_SIZE = 64, 32
 
 
@@ -54,42 +52,13 @@ class Measurement:
         return self.n_files / self.seconds
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants (processes that vanish count 0)."""
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def measure(dataset: str, raw_dir: Path, workers: int, n_files: int) -> Measurement:
     """Run one preprocess in a child process and sample its memory until it exits."""
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-out-") as out_dir:
         command = [sys.executable, __file__, "--measure-one", str(raw_dir), out_dir, str(workers)]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        process = psutil.Process(child.pid)
-        peak = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                try:
-                    peak = max(peak, _tree_rss(process))
-                except psutil.NoSuchProcess:
-                    return
-                time.sleep(SAMPLE_INTERVAL_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        stdout, _ = child.communicate()
-        done.set()
-        sampler.join()
-        if child.returncode != 0:
-            raise SystemExit(f"preprocess of {raw_dir} with workers={workers} failed (exit {child.returncode})")
+        returncode, stdout, peak = run_sampling_rss(command)
+        if returncode != 0:
+            raise SystemExit(f"preprocess of {raw_dir} with workers={workers} failed (exit {returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])
     return Measurement(dataset, workers, n_files, result["n_images"], result["seconds"], result["cpu_seconds"],
                        result["main_cpu_seconds"], peak)
