@@ -14,6 +14,7 @@ a SIGKILL is marked KILLED when the stage is rerun and resumes (see train.py).
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,7 +74,10 @@ class Tracker:
             experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
             if experiment is None:
                 artifacts = (self.root / "mlruns").as_uri() if local else None
-                self.experiment_id = self.client.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts)
+                # the UI opens a "model training" experiment on its runs, not on GenAI traces
+                self.experiment_id = self.client.create_experiment(
+                    EXPERIMENT_NAME, artifact_location=artifacts,
+                    tags={"mlflow.experimentKind": "custom_model_development"})
             else:
                 self.experiment_id = experiment.experiment_id
 
@@ -101,7 +105,7 @@ class Tracker:
     @contextmanager
     def start_run(self, run_name: str | None, tags: Mapping[str, str]) -> Iterator[Run]:
         """A new run ended FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an exception."""
-        info = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags)).info
+        info = self._create_run(run_name, tags)
         run = Run(self, info.run_id)
         try:
             yield run
@@ -112,6 +116,16 @@ class Tracker:
             self.client.set_terminated(info.run_id, status="FAILED")
             raise
         self.client.set_terminated(info.run_id, status="FINISHED")
+
+    def _create_run(self, name: str | None, tags: Mapping[str, str]):
+        # MLflow draws a missing run name from Python's global `random`, which training seeds: with a
+        # fresh state meanwhile, every run gets its own name and the training RNG stream is untouched
+        state = random.getstate()
+        random.seed()
+        try:
+            return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info
+        finally:
+            random.setstate(state)
 
     def attach(self, run_id: str) -> Run:
         """Log into an existing run without changing its status."""
@@ -129,10 +143,10 @@ class Tracker:
         found = self.client.search_runs([self.experiment_id], f"tags.`{tag}` = '{training_run_id}'", max_results=1)
         if found:
             return self.attach(found[0].info.run_id)
-        info = self.client.create_run(self.experiment_id, run_name=run_name(), tags={
+        info = self._create_run(run_name(), {
             **provenance_tags(self.root), tag: training_run_id,
             "mlflow.note.content": f"Outputs of training run {training_run_id}, which is not in this "
-                                   "store (restored by dvc pull or the DVC run cache)."}).info
+                                   "store (restored by dvc pull or the DVC run cache)."})
         self.client.set_terminated(info.run_id, status="FINISHED")
         return self.attach(info.run_id)
 

@@ -24,9 +24,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import multiprocessing
+import itertools
 import os
-import signal
 import struct
 import warnings
 from collections import Counter
@@ -41,6 +40,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from anime_dcgan.io import atomic_path
+from anime_dcgan.parallel import default_workers, ordered_map
 from anime_dcgan.stage import PipelineError
 
 IMAGES_FILE = "images.npy"
@@ -332,29 +332,21 @@ class _RowWriter:
             file.truncate(self.header_bytes + self.rows_written * self.row_bytes)
 
 
-def _leave_stopping_to_the_main_process() -> None:
-    """Worker setup: Ctrl-C reaches the whole process group, but only the main process acts on it (it
-    terminates the pool); the pool's SIGTERM then ends a worker quietly, not through a handler that a
-    forked worker inherited from a stage script (which would print a traceback per worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _decode_chunk(paths: Sequence[str], image_size: int, min_size: int) -> list[_Decoded]:
+    """One worker task: several files, so the inter-process overhead is paid per chunk, not per image."""
+    return [_decode(path, image_size, min_size) for path in paths]
 
 
 @contextlib.contextmanager
 def _decoded_in_order(paths: Sequence[str], image_size: int, min_size: int,
                       workers: int) -> Iterator[Iterator[_Decoded]]:
-    """Results for `paths`, in their order: in this process for one worker, else from a pool."""
-    decode = partial(_decode, image_size=image_size, min_size=min_size)
-    if workers == 1:
-        yield map(decode, paths)
-        return
-    # The platform's default start method (fork on Linux before Python 3.14: workers start in
-    # milliseconds). The pool starts before the progress bar, so tqdm's monitor thread is not forked.
-    context = multiprocessing.get_context()
-    with context.Pool(workers, initializer=_leave_stopping_to_the_main_process) as pool:
-        # chunks amortise the inter-process overhead while keeping every worker busy to the end
-        chunksize = max(1, min(64, len(paths) // (workers * 8)))
-        yield pool.imap(decode, paths, chunksize=chunksize)
+    """Results for `paths`, in their order: in this process for one worker, else from worker processes."""
+    # chunks keep every worker busy to the end while amortising the inter-process overhead
+    size = max(1, min(64, len(paths) // (workers * 8)))
+    chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
+    results = ordered_map(partial(_decode_chunk, image_size=image_size, min_size=min_size), chunks, workers)
+    with contextlib.closing(results):
+        yield itertools.chain.from_iterable(results)
 
 
 def _by_count(kinds: Counter[str]) -> tuple[tuple[str, int], ...]:
@@ -428,7 +420,7 @@ def preprocess_images(raw_dir: Path, out_dir: Path, image_size: int, min_size: i
                       progress: bool = True) -> PreprocessSummary:
     """Decode every file under raw_dir/images into out_dir/images.npy + manifest.csv + rejected.csv.
 
-    workers=0 uses os.cpu_count() processes, workers=1 decodes in this process. Raises PreprocessError
+    workers=0 uses one process per available core, workers=1 decodes in this process. Raises PreprocessError
     when raw_dir/images is missing or empty, attributes.csv is malformed, or no file is usable; the
     previous outputs are then left as they were.
     """
@@ -440,7 +432,7 @@ def preprocess_images(raw_dir: Path, out_dir: Path, image_size: int, min_size: i
         raise PreprocessError(f"workers must be 0 (one per CPU core) or a positive count, got {workers}")
     sources = list_sources(raw_dir)
     label_columns, labels = read_attributes(raw_dir)
-    workers = min(workers or os.cpu_count() or 1, len(sources))
+    workers = min(workers or default_workers(), len(sources))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     finals = [out_dir / IMAGES_FILE, out_dir / MANIFEST_FILE, out_dir / REJECTED_FILE]

@@ -22,14 +22,17 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
+
+from anime_dcgan.parallel import default_workers, ordered_map
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
@@ -654,25 +657,18 @@ def draw_face(seed: int, index: int, size: int = 64) -> tuple[Image.Image, dict[
     return render_face(attributes, seed, index, size), attributes
 
 
-def _write_images(images_dir: Path, seed: int, start: int, stop: int) -> list[dict[str, str]]:
-    """Draw and save faces start..stop-1 (one worker task); returns their attribute rows."""
+def _write_images(images_dir: Path, seed: int, span: tuple[int, int]) -> list[dict[str, str]]:
+    """Draw and save faces span[0]..span[1]-1 (one worker task); returns their attribute rows."""
     rows = []
-    for index in range(start, stop):
+    for index in range(*span):
         image, attributes = draw_face(seed, index)
         name = f"{index:06d}.png"
-        partial = images_dir / f"{name}.partial"
+        unfinished = images_dir / f"{name}.partial"
         # fixed encoder options and no metadata: the bytes depend only on the pixels
-        image.save(partial, format="PNG", compress_level=6, optimize=False)
-        os.replace(partial, images_dir / name)
+        image.save(unfinished, format="PNG", compress_level=6, optimize=False)
+        os.replace(unfinished, images_dir / name)
         rows.append({"file": f"{IMAGES_SUBDIR}/{name}", **attributes})
     return rows
-
-
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
-    except AttributeError:  # macOS and Windows
-        return os.cpu_count() or 1
 
 
 def write_synthetic_dataset(out_dir: Path, count: int, seed: int, workers: int = 0,
@@ -695,23 +691,18 @@ def write_synthetic_dataset(out_dir: Path, count: int, seed: int, workers: int =
     images_dir = out_dir / IMAGES_SUBDIR
     images_dir.mkdir(parents=True, exist_ok=True)
 
-    starts = range(0, count, _CHUNK_IMAGES)
-    tasks = [(images_dir, seed, start, min(start + _CHUNK_IMAGES, count)) for start in starts]
-    processes = min(workers or _default_workers(), len(tasks))
+    spans = [(start, min(start + _CHUNK_IMAGES, count)) for start in range(0, count, _CHUNK_IMAGES)]
+    processes = min(workers or default_workers(), len(spans))
     rows: list[dict[str, str]] = []
     # the platform's default start method (fork on Linux up to Python 3.13; spawn/forkserver elsewhere,
     # which need the caller's `if __name__ == "__main__":` guard, as the stage scripts have); the
-    # workers are started by pool.map, before tqdm starts its monitor thread
-    pool = ProcessPoolExecutor(processes) if processes > 1 else None
-    try:
-        chunks = pool.map(_write_images, *zip(*tasks)) if pool else (_write_images(*t) for t in tasks)
-        with tqdm(total=count, unit="img", desc="drawing synthetic faces", disable=not progress) as bar:
-            for chunk_rows in chunks:
-                rows.extend(chunk_rows)
-                bar.update(len(chunk_rows))
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    # workers start before tqdm starts its monitor thread
+    chunks = ordered_map(partial(_write_images, images_dir, seed), spans, processes)
+    with closing(chunks), tqdm(total=count, unit="img", desc="drawing synthetic faces",
+                               disable=not progress) as bar:
+        for chunk_rows in chunks:
+            rows.extend(chunk_rows)
+            bar.update(len(chunk_rows))
 
     for stale in images_dir.iterdir():
         match = _IMAGE_NAME.match(stale.name)
