@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.installed
 UI_PORT ?= 5000
+MLFLOW_STORE ?= sqlite:///$(CURDIR)/mlflow.db
 # stage commands call `python` and `dvc`: take both from the project's environment
 export PATH := $(BIN):$(PATH)
 
@@ -32,7 +33,7 @@ test-e2e: $(INSTALLED)
 	python -m pytest -m e2e
 
 ui: $(INSTALLED)
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV)
