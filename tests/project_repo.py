@@ -89,6 +89,9 @@ def repo_env(home: Path) -> dict[str, str]:
         "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
         "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
         "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
+        # one torch thread: for the tiny models here, a second OpenMP thread only waits for the other
+        # core (a tiny step took 0.26 s with 2 threads and 0.01 s with 1 on a busy 2-core machine)
+        "OMP_NUM_THREADS": "1",
     })
     return env
 
@@ -142,13 +145,3 @@ def _reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> ProjectRep
 def reproduced_repo(_reproduced_template: ProjectRepo, tmp_path: Path) -> ProjectRepo:
     """A copy of a repository whose pipeline already ran and was committed (dvc.lock, metrics)."""
     return copy_repo(_reproduced_template, tmp_path / "repo")
-
-
-# -- helpers of the UI, remote and fault end-to-end tests (test_e2e_ui/remote/faults.py) -----------
-
-def single_threaded(repo: ProjectRepo) -> ProjectRepo:
-    """Make the repository's stages use one CPU thread. On a busy 2-core machine torch's default (one
-    OpenMP thread per core) spins waiting for the other core: a tiny training step measured 0.26 s
-    with 2 threads and 0.01 s with 1. Results do not change between runs with the same setting."""
-    repo.env["OMP_NUM_THREADS"] = "1"
-    return repo

@@ -32,7 +32,7 @@ from PIL import Image
 from anime_dcgan.checkpoint import CHECKPOINT_FILE
 from anime_dcgan.layout import CHECKPOINT_ROOT, DOWNLOAD_CACHE
 from http_fixtures import HttpTestServer
-from project_repo import ProjectRepo, copy_repo, make_project_repo, single_threaded
+from project_repo import ProjectRepo, copy_repo, make_project_repo
 from servers import free_port, log_tail, signal_group, start_in_session, stopped_on_failure, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -139,13 +139,13 @@ def runs_of(repo: ProjectRepo) -> list:
 def preprocessed(tmp_path_factory: pytest.TempPathFactory) -> ProjectRepo:
     """A tiny project with TRAINING's settings whose download and preprocess stages ran: copies of
     it start at the train stage."""
-    repo = single_threaded(make_project_repo(tmp_path_factory.mktemp("faults") / "template", **TRAINING))
+    repo = make_project_repo(tmp_path_factory.mktemp("faults") / "template", **TRAINING)
     repo.dvc("repro", "preprocess")
     return repo
 
 
 def copy_of(template: ProjectRepo, root: Path) -> ProjectRepo:
-    return single_threaded(copy_repo(template, root))
+    return copy_repo(template, root)
 
 
 # -- a: SIGKILL during training ---------------------------------------------------------------------
@@ -257,7 +257,7 @@ def assert_nothing_half_written(repo: ProjectRepo, stage: str) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_stage_leaves_no_partial_output_and_reruns(signum: int, tmp_path: Path) -> None:
-    repo = single_threaded(make_project_repo(tmp_path / "repo", data=INTERRUPTIBLE_DATA, **TRAINING))
+    repo = make_project_repo(tmp_path / "repo", data=INTERRUPTIBLE_DATA, **TRAINING)
     for stage in ("download", "preprocess", "train"):
         log_path = tmp_path / f"{stage}.log"
         interrupt_stage(repo, stage, signum, log_path)
@@ -283,7 +283,7 @@ def test_an_interrupted_stage_leaves_no_partial_output_and_reruns(signum: int, t
 def test_ctrl_c_pressed_twice_still_stops_the_stage_cleanly(stage: str, preprocessed: ProjectRepo,
                                                            tmp_path: Path) -> None:
     if stage == "download":
-        repo = single_threaded(make_project_repo(tmp_path / "repo", data=INTERRUPTIBLE_DATA))
+        repo = make_project_repo(tmp_path / "repo", data=INTERRUPTIBLE_DATA)
     else:
         repo = copy_of(preprocessed, tmp_path / "repo")
 
