@@ -5,6 +5,10 @@ Recipes (issue 4):
   article_no_ema    the same without the EMA of the generator (samples from the raw generator)
   pytorch_examples  pytorch/examples' DCGAN: arch dcgan, lr 0.0002, beta1 0.5, hard labels, no EMA
 
+The EMA never feeds back into training (the networks, optimisers and noise are the same with or
+without it), so `article_no_ema` is not trained again: it samples the raw generator of the `default`
+run, which is exactly what training with `ema_decay: 0` would have produced.
+
 Every recipe trains for the same number of steps and batch size on the shared 4,998-image sample of
 the Kaggle anime faces (4,712 distinct images after preprocess drops exact duplicates), with the
 project's own train() (the stage's code path: bf16/compile per `auto`), then generates `--samples`
@@ -41,13 +45,16 @@ from anime_dcgan.tracking import Tracker  # noqa: E402
 from anime_dcgan.train import TrainOutputs, train  # noqa: E402
 
 SHARED_ZIP = REPO.parent / "shared/data/anime-faces-64-sample.zip"
-RECIPES: dict[str, dict] = {
-    "default": {},
-    "article_no_ema": {"ema_decay": 0.0, "sample_source": "raw"},
-    "pytorch_examples": {"arch": "dcgan", "lr": 0.0002, "beta1": 0.5, "label_noise": 0.0, "ema_decay": 0.0,
-                         "sample_source": "raw"},
+# recipe -> (the training run it samples, the generator file of that run)
+RECIPES: dict[str, tuple[str, str]] = {
+    "default": ("default", "generator_ema.pt"),
+    "article_no_ema": ("default", "generator.pt"),
+    "pytorch_examples": ("pytorch_examples", "generator.pt"),
 }
-GENERATOR_FILES = {"ema": "generator_ema.pt", "raw": "generator.pt"}
+TRAININGS: dict[str, dict] = {  # parameters changed from params.yaml
+    "default": {},
+    "pytorch_examples": {"arch": "dcgan", "lr": 0.0002, "beta1": 0.5, "label_noise": 0.0, "ema_decay": 0.0},
+}
 
 
 def prepare_data(zip_path: Path, work: Path, seed: int) -> Path:
@@ -69,22 +76,27 @@ def real_reference(images_path: Path, work: Path, seed: int) -> dict:
     return load_reference(path)
 
 
-def run_recipe(name: str, overrides: dict, base: dict, images_path: Path, reference: dict,
-               n_samples: int, work: Path) -> dict:
-    params = Params.model_validate({**base, **overrides, "n_samples": n_samples, "fid_samples": n_samples})
+def run_training(name: str, base: dict, images_path: Path, work: Path) -> dict:
+    """Train one recipe's networks into work/<name>/ (the train stage's own code path)."""
+    params = Params.model_validate({**base, **TRAININGS[name]})
     folder = work / name
     outputs = TrainOutputs(folder / "models", folder / "progress", folder / "losses.csv", folder / "train.json")
-    summary = train(params, images_path, outputs, Tracker(folder), folder / "checkpoints")
-    generator = load_model(folder / "models" / GENERATOR_FILES[params.sample_source])
-    fake = generate_for_seeds(generator, range(n_samples))                   # (n, 3, 64, 64)
+    return train(params, images_path, outputs, Tracker(folder), folder / "checkpoints")
+
+
+def score_recipe(name: str, training: dict, images_path: Path, reference: dict, n_samples: int, seed: int,
+                 work: Path) -> dict:
+    run_name, generator_file = RECIPES[name]
+    generator = load_model(work / run_name / "models" / generator_file)
+    fake = generate_for_seeds(generator, range(n_samples))                   # (n, 3, 64, 64) uint8
     real = np.load(images_path, mmap_mode="r")
     started = time.perf_counter()
     metrics = compute_metrics(EvalInputs(fake_images=fake, real_features=reference["features"].astype(np.float64),
                                          real_images=real, real_mu=reference["mu"], real_sigma=reference["sigma"],
-                                         seed=params.seed, progress=True), names=["fid", "kid", "swd"])
-    return {"recipe": name, "overrides": overrides, "train_seconds": summary["train_seconds"],
-            "images_per_second": summary["images_per_second"], "eval_seconds": round(time.perf_counter() - started, 1),
-            **metrics}
+                                         seed=seed, progress=True), names=["fid", "kid", "swd"])
+    return {"recipe": name, "training": run_name, "generator": generator_file, "overrides": TRAININGS[run_name],
+            "train_seconds": training["train_seconds"], "images_per_second": training["images_per_second"],
+            "eval_seconds": round(time.perf_counter() - started, 1), **metrics}
 
 
 def markdown(results: list[dict], args: argparse.Namespace, n_real: int) -> str:
@@ -112,7 +124,7 @@ def markdown(results: list[dict], args: argparse.Namespace, n_real: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zip", type=Path, default=SHARED_ZIP, help="the real sample (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=2000, help="generated images scored per recipe")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -126,10 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     base = {**load_params(REPO / "params.yaml").model_dump(), "steps": args.steps, "batch_size": args.batch_size}
     images_path = prepare_data(args.zip, args.work, base["seed"])
     reference = real_reference(images_path, args.work, base["seed"])
+    trainings = {}
+    for run_name in dict.fromkeys(RECIPES[name][0] for name in args.recipes):
+        print(f"== training {run_name}: {TRAININGS[run_name] or 'params.yaml as is'}", flush=True)
+        trainings[run_name] = run_training(run_name, base, images_path, args.work)
     results = []
     for name in args.recipes:
-        print(f"== {name}: {RECIPES[name] or 'params.yaml as is'}", flush=True)
-        results.append(run_recipe(name, RECIPES[name], base, images_path, reference, args.samples, args.work))
+        print(f"== scoring {name}: {RECIPES[name]}", flush=True)
+        results.append(score_recipe(name, trainings[RECIPES[name][0]], images_path, reference, args.samples,
+                                    base["seed"], args.work))
         print(json.dumps(results[-1]), flush=True)
     report = markdown(results, args, len(reference["indices"]))
     print(report)

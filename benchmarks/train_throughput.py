@@ -11,7 +11,8 @@ the same images, on the same machine, in the same invocation:
   dataset as one uint8 tensor on the device (anime_dcgan.train.load_dataset of the preprocess stage's
   images.npy), with the runtime of anime_dcgan.device.pick_runtime (bf16 autocast where supported,
   channels_last, torch.compile per --compile) and tune_cpu_allocator() on the CPU.
-- variants of the project step: eager instead of compiled, and without tune_cpu_allocator.
+- variants of the project step: the other compile setting (compiled when the pipeline runs eager, eager
+  when it compiles), and without tune_cpu_allocator.
 
 Every run is a fresh child process (peak RSS is per run; no run inherits another's allocator or
 compiled state) and the configurations alternate round by round, so a change of machine load hits all
@@ -339,12 +340,13 @@ def prepare_images(work: Path, image_dir: Path | None, synthetic_count: int) -> 
 
 def run_configs(device: torch.device, compiled: bool, variants: bool) -> list[RunConfig]:
     """The reference, the project step as the pipeline runs it, and (with `variants`) the project step
-    eager (when the pipeline compiles) and without tune_cpu_allocator (on the CPU)."""
+    with the other compile setting and without tune_cpu_allocator (on the CPU)."""
     cpu = device.type == "cpu"  # tune_cpu_allocator is for glibc's malloc, which CUDA memory bypasses
     configs = [RunConfig("reference", "reference"),
                RunConfig("project", "project", compile=compiled, tune_allocator=cpu)]
-    if variants and compiled:
-        configs.append(RunConfig("project eager", "project", compile=False, tune_allocator=cpu))
+    if variants:
+        other = "project eager" if compiled else "project compiled"
+        configs.append(RunConfig(other, "project", compile=not compiled, tune_allocator=cpu))
     if variants and cpu:
         configs.append(RunConfig("project, default allocator", "project", compile=compiled, tune_allocator=False))
     return configs
@@ -388,9 +390,12 @@ class Summary:
         limit = self.peak_flops["bf16"] / self.flops_per_image["project"]
         verdicts["bf16_limit_images_per_s_project"] = limit
         names = self.names()
-        if "project eager" in names:
-            compiled, eager = project, self.best("project eager")
-            cold_compile = self.first("project").compile_seconds  # the first compiled run: empty Inductor cache
+        compile_variant = next((name for name in ("project eager", "project compiled") if name in names), None)
+        if compile_variant:
+            compiled_name = "project" if compile_variant == "project eager" else compile_variant
+            eager_name = "project" if compile_variant == "project compiled" else compile_variant
+            compiled, eager = self.best(compiled_name), self.best(eager_name)
+            cold_compile = self.first(compiled_name).compile_seconds  # the first compiled run: empty Inductor cache
             images = self.settings["params_steps"] * self.settings["params_batch_size"]
             with_compile = cold_compile + images / compiled.images_per_s
             without = images / eager.images_per_s

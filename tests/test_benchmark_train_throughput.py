@@ -133,6 +133,23 @@ def test_verdicts_on_known_figures(capsys):
     assert "minor faults/step 40,000 -> 100" in printed
 
 
+def test_compile_verdict_when_the_pipeline_runs_eager():
+    module = load_benchmark()
+    summary = module.Summary(machine={"device": "cpu"}, settings={"params_steps": 1000, "params_batch_size": 100},
+                             flops_per_image={"reference": 2.5e9, "project": 2e9},
+                             peak_flops={"bf16": 1e12, "fp32": 5e11})
+    summary.runs = [
+        run_result(module, "reference", 50, [1.0], 500_000, tune_allocator=False),
+        run_result(module, "project", 125, [1.0], 1_000),
+        run_result(module, "project compiled", 120, [41.0, 1.0], 1_000, compile=True),  # 40 s of compiling
+    ]
+    verdicts = summary.verdicts()
+    assert verdicts["ratio_project_over_reference"] == pytest.approx(2.5)
+    assert verdicts["compile_seconds_cold"] == pytest.approx(42.0 - 2 * (1000 / 120) / 10)  # minus 2 steady steps
+    assert verdicts["default_run_seconds_eager"] == pytest.approx(100_000 / 125)
+    assert not verdicts["compile_pays_off"]
+
+
 def test_a_folder_without_images_is_refused(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="contains no files"):
