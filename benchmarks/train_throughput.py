@@ -54,7 +54,7 @@ from torch import nn
 
 from child_rss import run_sampling_rss  # beside this script
 
-from anime_dcgan.device import Runtime, pick_runtime, tune_cpu_allocator
+from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.gan import GanConfig, build_gan, draw_step_inputs, ema_decay_at, train_step
 from anime_dcgan.models import Discriminator, Generator, ModelConfig
 from anime_dcgan.io import atomic_write_json
@@ -221,18 +221,6 @@ def time_steps(step: Callable[[], int], warmup: int, steps: int, device: torch.d
     seconds = time.perf_counter() - started
     return {"images": images, "seconds": seconds, "step_seconds": step_seconds, "warmup_seconds": warmup_seconds,
             "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before}
-
-
-def peak_rss_bytes() -> int:
-    """The peak resident memory of this process since it started (Linux: VmHWM). Not getrusage's
-    ru_maxrss: Linux carries the parent's peak over fork + exec into it, so a child started by a
-    1.4 GB parent would report at least 1.4 GB."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def run_child(spec: dict) -> dict:

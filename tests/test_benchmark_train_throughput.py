@@ -18,7 +18,7 @@ TINY = ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch-size", "8", 
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=300)
 
 
 def write_images(folder: Path, count: int) -> Path:

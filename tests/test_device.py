@@ -1,10 +1,17 @@
-"""The runtime chosen from the device / precision / compile parameters."""
+"""The runtime chosen from the device / precision / compile parameters; the peak-memory reading."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from anime_dcgan.device import pick_runtime, supports_bf16
 from anime_dcgan.stage import PipelineError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_auto_on_the_cpu_runs_eager_in_bf16_where_native():
@@ -32,3 +39,13 @@ def test_bf16_where_the_cpu_cannot_run_it_natively_is_refused(monkeypatch):
     with pytest.raises(PipelineError, match="precision: bf16 is not supported on cpu"):
         pick_runtime("cpu", "bf16", False)
     assert pick_runtime("cpu", "auto", False).precision == "fp32"
+
+
+def test_peak_rss_grows_with_memory_actually_touched():
+    # in a fresh process: this one's peak may already be far above what it holds now
+    script = ("import numpy as np; from anime_dcgan.device import peak_rss_bytes; before = peak_rss_bytes(); "
+              "block = np.ones(300 * 2**20, dtype=np.uint8); print(before, peak_rss_bytes())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    before, after = map(int, result.stdout.split())
+    assert after - before > 250 * 2**20  # 300 MiB, every page written

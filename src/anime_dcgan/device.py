@@ -1,12 +1,15 @@
 """Choosing the device, the precision and whether to compile, from the `device`, `precision` and
-`compile` parameters; and the CPU allocator setting that training benefits from."""
+`compile` parameters; the CPU allocator setting that training benefits from; peak memory."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import resource
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -91,3 +94,15 @@ def tune_cpu_allocator() -> bool:
     one_gib = 1 << 30
     # glibc caps the mmap threshold at 32 MiB on 64-bit systems (mallopt fails above it)
     return bool(libc.mallopt(m_trim_threshold, one_gib)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process since it started (Linux: VmHWM). Not getrusage's
+    ru_maxrss: Linux carries the parent's peak over fork + exec into it, so a child started by a
+    1.4 GB parent would report at least 1.4 GB."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)

@@ -76,7 +76,7 @@ class Params(_Strict):
     ndf: Int = Field(64, ge=1, le=1024)
 
     # optimisation
-    steps: Int = Field(2000, ge=1)
+    steps: Int = Field(1000, ge=1)
     batch_size: Int = Field(64, ge=2, le=65_536)
     lr: Float = Field(0.00015, gt=0, le=1)
     lr_d: Float | None = Field(None, gt=0, le=1)

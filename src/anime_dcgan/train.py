@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from anime_dcgan import checkpoint as ckpt
-from anime_dcgan.device import Runtime, pick_runtime, tune_cpu_allocator
+from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.gan import (STEP_METRICS, Gan, GanConfig, build_gan, draw_step_inputs, ema_decay_at,
                              normalise, recalibrate_batchnorm, train_step)
 from anime_dcgan.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
@@ -302,6 +302,7 @@ def _export(params: Params, runtime: Runtime, gan: Gan, model_config: ModelConfi
         "device": runtime.device.type,
         "precision": runtime.precision,
         "compiled": runtime.compile,
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20),  # of the whole stage process so far
         "collapse_warning": collapse_warning,
         "mlflow_run_id": run.run_id,
         **{f"final_{k}": round(v, 5) for k, v in _metrics_only(history[-1]).items()},
