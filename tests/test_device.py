@@ -49,4 +49,3 @@ def test_peak_rss_grows_with_memory_actually_touched():
                             env={**os.environ, "PYTHONPATH": str(SRC)})
     before, after = map(int, result.stdout.split())
     assert after - before > 250 * 2**20  # 300 MiB, every page written
-
