@@ -34,7 +34,6 @@ mode, channels_last), and a fp32 one is measured for comparison.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -60,6 +59,7 @@ from anime_dcgan.models import Discriminator, Generator, ModelConfig
 from anime_dcgan.io import atomic_write_json
 from anime_dcgan.params import Params, load_params
 from anime_dcgan.stage import PipelineError, run_stage
+from anime_dcgan.train import begin_step, load_dataset, networks_for_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = Path(os.environ.get("ANIME_FACES_SAMPLE_ZIP",
@@ -180,14 +180,13 @@ class ProjectTrainer:
         self.nz = model.nz
         config = GanConfig(lr_g=LR, lr_d=LR, beta1=BETAS[0], beta2=BETAS[1], label_noise=params.label_noise)
         gan = build_gan(model, config, runtime.device)
-        # compiled views of the networks, exactly as the stage builds them
-        self.step_gan = gan if not runtime.compile else dataclasses.replace(
-            gan, generator=torch.compile(gan.generator), discriminator=torch.compile(gan.discriminator))
+        self.step_gan = networks_for_steps(gan, runtime)  # compiled as the stage compiles them
         self.metric_sums = torch.zeros(6, device=runtime.device)  # summed on the device, as the stage does
         self.steps_done = 0
 
     def step(self) -> int:
         self.steps_done += 1
+        begin_step(self.runtime)
         indices, z, targets = draw_step_inputs(len(self.dataset), self.batch_size, self.nz,
                                                self.params.label_noise, self.runtime.device)
         metrics = train_step(self.step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
@@ -241,8 +240,6 @@ def run_child(spec: dict) -> dict:
             return len(images)
         precision = "fp32"
     else:
-        from anime_dcgan.train import load_dataset
-
         if config.tune_allocator:
             tune_cpu_allocator()  # before the dataset and the networks are allocated, as the stage does
         runtime = pick_runtime(spec["device"], spec["precision"], config.compile)

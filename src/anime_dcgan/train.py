@@ -179,6 +179,22 @@ def _load_state(gan: Gan, state: dict[str, Any]) -> None:
     gan.opt_d.load_state_dict(state["opt_d"])
 
 
+def networks_for_steps(gan: Gan, runtime: Runtime) -> Gan:
+    """The view of `gan` that train_step runs: compiled networks when runtime.compile (the originals,
+    which share their weights, are the ones saved and sampled)."""
+    if not runtime.compile:
+        return gan
+    mode = runtime.compile_mode
+    return dataclasses.replace(gan, generator=torch.compile(gan.generator, mode=mode),
+                               discriminator=torch.compile(gan.discriminator, mode=mode))
+
+
+def begin_step(runtime: Runtime) -> None:
+    """Call before each train_step on networks_for_steps' view."""
+    if runtime.compile and runtime.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+
+
 class _Loop:
     def __init__(self, params: Params, runtime: Runtime, gan: Gan, dataset: torch.Tensor, folder: Path,
                  run: Run, history: list[dict[str, float]], interval: _Interval, progress: bool):
@@ -190,19 +206,14 @@ class _Loop:
         self.z_fixed = fixed_noise(params.nz, params.seed, runtime.device)
         with torch.no_grad():
             self.real_diversity = float(normalise(dataset[:GRID_SIZE]).std(dim=0).mean())
-        # compiled views of the networks for the step; the originals are saved and sampled
-        mode = runtime.compile_mode
-        self.step_gan = gan if not runtime.compile else dataclasses.replace(
-            gan, generator=torch.compile(gan.generator, mode=mode),
-            discriminator=torch.compile(gan.discriminator, mode=mode))
+        self.step_gan = networks_for_steps(gan, runtime)
 
     def run(self, start_step: int) -> float:
         p = self.params
         bar = tqdm(total=p.steps, initial=start_step, desc="train", unit="step", disable=not self.progress)
         started = time.perf_counter()
         for step in range(start_step + 1, p.steps + 1):
-            if self.runtime.compile and self.runtime.compile_mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+            begin_step(self.runtime)
             indices, z, targets = draw_step_inputs(len(self.dataset), p.batch_size, p.nz, p.label_noise,
                                                    self.runtime.device)
             metrics = train_step(self.step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
