@@ -22,7 +22,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from anime_dcgan.data.preprocess import (PreprocessError, PreprocessSummary, _RowWriter, preprocess_images,
+from anime_dcgan.data.preprocess import (PreprocessError, PreprocessSummary, _ImageRows, preprocess_images,
                                          resize_and_crop)
 
 OUTPUT_FILES = ["images.npy", "manifest.csv", "rejected.csv"]
@@ -351,17 +351,24 @@ def test_images_npy_is_memory_mappable_uint8_rows_in_manifest_order(tmp_path: Pa
     assert (out / "images.npy").stat().st_size == images.offset + images.nbytes  # no unused tail
 
 
-@pytest.mark.parametrize("rows_written", [0, 5, 9, 10])
-def test_row_writer_across_windows_shrinks_to_the_rows_written(tmp_path: Path, rows_written: int) -> None:
+@pytest.mark.parametrize(("capacity", "kept_rows"), [(10, []), (10, [0, 1, 2]), (10, [1, 4, 9]),
+                                                   (10, list(range(10))), (100_000, [7, 99_999])])
+def test_image_rows_keep_the_chosen_rows_in_order_and_shrink_the_file(tmp_path: Path, capacity: int,
+                                                                      kept_rows: list[int]) -> None:
     path = tmp_path / "rows.npy"
-    rows = np.arange(rows_written * 12, dtype=np.uint8).reshape(rows_written, 3, 2, 2)  # (N, 3, 2, 2)
-    writer = _RowWriter(path, capacity=10, row_shape=(3, 2, 2), window_bytes=3 * 12)  # 3 rows per window
-    for row in rows:
-        writer.append(row.tobytes())
-    writer.close()
+    rows = _ImageRows(path, capacity, row_shape=(3, 2, 2))
+    images = {row: np.full((3, 2, 2), row % 251, dtype=np.uint8) + np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
+              for row in [*kept_rows, *range(min(capacity, 10))]}  # (3, 2, 2) each; rejected rows written too
+    with rows.open() as file:
+        for row, image in images.items():
+            rows.write(file, row, image)
+        for row in kept_rows:
+            rows.keep(file, row)
+    rows.close()
     loaded = np.load(path)
-    assert loaded.shape == (rows_written, 3, 2, 2)
-    assert np.array_equal(loaded, rows)
+    assert loaded.shape == (len(kept_rows), 3, 2, 2)
+    assert np.array_equal(loaded, np.array([images[row] for row in kept_rows], np.uint8).reshape(-1, 3, 2, 2))
+    assert path.stat().st_size == rows.header_bytes + len(kept_rows) * 12
 
 
 def test_attribute_columns_are_joined_by_source_path(tmp_path: Path) -> None:
@@ -473,7 +480,7 @@ def test_shared_sample_becomes_4712_distinct_64px_images(shared_sample_zip: Path
     assert images.shape == (4712, 3, 64, 64) and images.dtype == np.uint8
     manifest = read_csv(out / "manifest.csv")
     assert len({row["sha256"] for row in manifest}) == 4712
-    # already 64x64, so each row is exactly the decoded JPEG (checked across the row windows)
+    # already 64x64, so each row is exactly the decoded JPEG (rows after duplicates were moved)
     for index in (0, 2000, 4711):
         decoded = np.asarray(Image.open(raw / manifest[index]["source"]).convert("RGB")).transpose(2, 0, 1)
         assert np.array_equal(images[index], decoded)

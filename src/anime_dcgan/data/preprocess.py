@@ -26,7 +26,6 @@ import csv
 import hashlib
 import itertools
 import os
-import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -63,9 +62,6 @@ WHITE = (255, 255, 255, 255)
 # 89.5 megapixels, a 9,459 x 9,459 image) is far above any face crop, and checking it before decoding
 # keeps a worker's memory bounded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-# Rows of images.npy mapped at once by the main process; bounds its resident memory (the pages of
-# rows already written are released) whatever the number of images.
-WINDOW_BYTES = 16 * 2**20
 
 
 class PreprocessError(PipelineError, ValueError):
@@ -96,18 +92,17 @@ class PreprocessSummary:
 
 
 class _Decoded(NamedTuple):
-    """One file's outcome, sent from a worker to the main process."""
+    """One file's outcome, sent from a worker to the main process (its pixels go straight to the file)."""
 
     sha256: str
     width: int  # as displayed (after EXIF orientation); 0 when the file could not be read
     height: int
-    pixels: bytes | None  # (3, S, S) uint8, C order (bytes pickle 3x faster than arrays); None if rejected
-    rejection_kind: str | None = None
+    rejection_kind: str | None = None  # None: the image was decoded
     rejection_detail: str = ""
 
 
-def _rejected(sha256: str, kind: str, detail: str, width: int = 0, height: int = 0) -> _Decoded:
-    return _Decoded(sha256, width, height, None, kind, detail)
+def _rejected(sha256: str, kind: str, detail: str, width: int = 0, height: int = 0) -> tuple[_Decoded, None]:
+    return _Decoded(sha256, width, height, kind, detail), None
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
@@ -160,8 +155,8 @@ def _sha256(file: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _decode(path: str, image_size: int, min_size: int) -> _Decoded:
-    """Hash one file and decode it to a (3, S, S) uint8 array, or say why it cannot be used.
+def _decode(path: str, image_size: int, min_size: int) -> tuple[_Decoded, np.ndarray | None]:
+    """Hash one file and decode it to a (3, S, S) uint8 array, or say why it cannot be used (None).
 
     Runs in the worker processes, so it never raises for a bad file: every failure is a rejection.
     """
@@ -180,7 +175,8 @@ def _decode(path: str, image_size: int, min_size: int) -> _Decoded:
         return _rejected("", UNREADABLE, f"{type(error).__name__}: {error}")
 
 
-def _decode_open_file(file: BinaryIO, sha256: str, image_size: int, min_size: int) -> _Decoded:
+def _decode_open_file(file: BinaryIO, sha256: str, image_size: int,
+                      min_size: int) -> tuple[_Decoded, np.ndarray | None]:
     try:
         image = Image.open(file)
     except UnidentifiedImageError:
@@ -215,7 +211,7 @@ def _decode_open_file(file: BinaryIO, sha256: str, image_size: int, min_size: in
             pixels = np.asarray(resize_and_crop(rgb, image_size), dtype=np.uint8)  # (S, S, 3)
         except Exception as error:  # truncated data, bad chunks, decoder errors: all mean corrupt
             return _rejected(sha256, CORRUPT, f"{type(error).__name__}: {error}", stored_width, stored_height)
-    return _Decoded(sha256, width, height, pixels.transpose(2, 0, 1).tobytes())  # (3, S, S)
+    return _Decoded(sha256, width, height), pixels.transpose(2, 0, 1)  # (3, S, S)
 
 
 def _files_under(directory: str, prefix: str) -> Iterator[str]:
@@ -273,78 +269,92 @@ def read_attributes(raw_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     return columns, labels
 
 
-class _RowWriter:
-    """Appends (3, S, S) rows to a preallocated images.npy, mapping a window of rows at a time.
+class _ImageRows:
+    """images.npy preallocated with one row per source file, at the source's index.
 
-    Mapping the whole file would keep every written page resident in the main process (737 MB for
-    60,000 64x64 images); a window keeps the resident memory at WINDOW_BYTES whatever the count.
+    Each process writes its decoded images straight into their rows, so only hashes and sizes cross
+    between processes (sending the 12 KB of pixels back through the pool's pipe cost the main process
+    as much time as a worker spent decoding). The main process then keeps the usable rows, in order,
+    by moving each one down over the rows of rejected files and duplicates (``keep``), and finally
+    cuts the file to the rows kept. The file is written with ordinary seeks and writes, never mapped,
+    so no process keeps the written pages resident, whatever the number of images.
     """
 
-    def __init__(self, path: Path, capacity: int, row_shape: tuple[int, int, int],
-                 window_bytes: int = WINDOW_BYTES) -> None:
-        # version 1.0: a fixed 2-byte header-length field, so close() can rewrite the header in place
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(capacity, *row_shape),
-                                          version=(1, 0))
-        self.header_bytes = array.offset
-        del array
+    def __init__(self, path: Path, capacity: int, row_shape: tuple[int, int, int]) -> None:
         self.path = path
-        self.capacity = capacity
         self.row_shape = row_shape
         self.row_bytes = int(np.prod(row_shape))
-        self.window_rows = max(1, window_bytes // self.row_bytes)
-        self.rows_written = 0
-        self._window: np.memmap | None = None
-        self._window_start = 0
+        self.capacity = capacity
+        self.rows_kept = 0
+        with open(path, "wb") as file:
+            self.header_bytes = self._write_header(file, capacity)
+            file.truncate(self.header_bytes + capacity * self.row_bytes)  # sparse: no bytes written yet
 
-    def append(self, row: bytes) -> None:
-        """Write one (3, S, S) uint8 row given as its C-order bytes."""
-        if self._window is None or self.rows_written - self._window_start == len(self._window):
-            # Replacing the window unmaps the previous one, so its pages leave this process's resident
-            # set; the data stays in the page cache (no flush: a synchronous msync per window cost 5%).
-            self._window_start = self.rows_written
-            rows = min(self.window_rows, self.capacity - self._window_start)
-            self._window = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(rows, *self.row_shape),
-                                     offset=self.header_bytes + self._window_start * self.row_bytes)
-        pixels = np.frombuffer(row, np.uint8).reshape(self.row_shape)  # (3, S, S)
-        self._window[self.rows_written - self._window_start] = pixels
-        self.rows_written += 1
+    def _write_header(self, file: BinaryIO, rows: int) -> int:
+        """The .npy header for `rows` rows at the start of `file`; returns its length. numpy pads the
+        header to a multiple of 64 bytes, so a shape with fewer rows keeps the same length and close()
+        rewrites it in place without moving the data."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": (rows, *self.row_shape)}
+        file.seek(0)
+        np.lib.format.write_array_header_1_0(file, header)
+        return file.tell()
 
-    def abandon(self) -> None:
-        """Unmap without finishing, so the temporary file can be deleted (Windows refuses mapped files)."""
-        self._window = None
+    def open(self) -> BinaryIO:
+        """The file for write() and keep(), unbuffered: a buffer could hold bytes read ahead of rows
+        that another process has written since."""
+        return open(self.path, "r+b", buffering=0)
+
+    def write(self, file: BinaryIO, row: int, pixels: np.ndarray) -> None:
+        """Write one (3, S, S) uint8 image at `row` of the file open in `file` (any process)."""
+        file.seek(self.header_bytes + row * self.row_bytes)
+        file.write(pixels.tobytes())
+
+    def keep(self, file: BinaryIO, row: int) -> None:
+        """Make the image written at `row` the next kept one (rows are kept in increasing order, and
+        only once every process has finished writing them)."""
+        if row != self.rows_kept:
+            file.seek(self.header_bytes + row * self.row_bytes)
+            pixels = file.read(self.row_bytes)
+            file.seek(self.header_bytes + self.rows_kept * self.row_bytes)
+            file.write(pixels)
+        self.rows_kept += 1
 
     def close(self) -> None:
-        """Unmap, then cut the file to the rows written (the capacity counted every file, rejected
-        ones included): rewrite the header's shape in place and truncate the unused tail."""
-        self._window = None
-        if self.rows_written == self.capacity:
+        """Cut the file to the rows kept: rewrite the header's shape, truncate the unused tail."""
+        if self.rows_kept == self.capacity:
             return
-        header = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                       "shape": (self.rows_written, *self.row_shape)}).encode("latin1")
-        prefix = np.lib.format.magic(1, 0)
-        text_bytes = self.header_bytes - len(prefix) - 2  # 2: the uint16 header length
-        # the .npy format pads the header with spaces before its final newline; the shape only shrank,
-        # so the new header fits in the old one's length and the data offset stays the same
-        padded = header.ljust(text_bytes - 1) + b"\n"
-        assert len(padded) == text_bytes, "the shrunk .npy header must fit in the preallocated one"
         with open(self.path, "r+b") as file:
-            file.write(prefix + struct.pack("<H", text_bytes) + padded)
-            file.truncate(self.header_bytes + self.rows_written * self.row_bytes)
+            header_bytes = self._write_header(file, self.rows_kept)
+            assert header_bytes == self.header_bytes, "the shrunk .npy header must keep its length"
+            file.truncate(self.header_bytes + self.rows_kept * self.row_bytes)
 
 
-def _decode_chunk(paths: Sequence[str], image_size: int, min_size: int) -> list[_Decoded]:
-    """One worker task: several files, so the inter-process overhead is paid per chunk, not per image."""
-    return [_decode(path, image_size, min_size) for path in paths]
+def _decode_chunk(chunk: tuple[Sequence[str], int], rows: _ImageRows, image_size: int,
+                  min_size: int) -> list[_Decoded]:
+    """One worker task: several files, so the inter-process overhead is paid per chunk, not per image.
+    chunk = (paths, first_row): the image of paths[i] is written at row first_row + i."""
+    paths, first_row = chunk
+    outcomes = []
+    with rows.open() as file:
+        for row, path in enumerate(paths, start=first_row):
+            outcome, pixels = _decode(path, image_size, min_size)
+            if pixels is not None:
+                rows.write(file, row, pixels)
+            outcomes.append(outcome)
+    return outcomes
 
 
 @contextlib.contextmanager
-def _decoded_in_order(paths: Sequence[str], image_size: int, min_size: int,
+def _decoded_in_order(paths: Sequence[str], rows: _ImageRows, image_size: int, min_size: int,
                       workers: int) -> Iterator[Iterator[_Decoded]]:
-    """Results for `paths`, in their order: in this process for one worker, else from worker processes."""
+    """Outcomes for `paths`, in their order, each yielded once its image is in `rows`: decoded in this
+    process for one worker, else in worker processes."""
     # chunks keep every worker busy to the end while amortising the inter-process overhead
     size = max(1, min(64, len(paths) // (workers * 8)))
-    chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
-    results = ordered_map(partial(_decode_chunk, image_size=image_size, min_size=min_size), chunks, workers)
+    chunks = [(paths[start:start + size], start) for start in range(0, len(paths), size)]
+    decode = partial(_decode_chunk, rows=rows, image_size=image_size, min_size=min_size)
+    results = ordered_map(decode, chunks, workers)
     with contextlib.closing(results):
         yield itertools.chain.from_iterable(results)
 
@@ -378,42 +388,39 @@ def _open_csv(path: Path) -> TextIO:
 def _write_temporaries(raw_dir: Path, sources: list[str], label_columns: list[str],
                        labels: dict[str, list[str]], image_size: int, min_size: int, workers: int,
                        progress: bool, images_path: Path, manifest_path: Path, rejected_path: Path) -> _Outcome:
-    """Stream every decoded image into images_path and write both CSV files, in source order."""
+    """Decode every image into images_path and write both CSV files, in source order."""
     first_source_by_sha256: dict[str, str] = {}
     rejections: list[tuple[str, str]] = []
     kinds: Counter[str] = Counter()
     n_duplicates = 0
-    writer = _RowWriter(images_path, len(sources), (3, image_size, image_size))
-    try:
-        with _open_csv(manifest_path) as manifest_file, _open_csv(rejected_path) as rejected_file, \
-                _decoded_in_order([os.path.join(raw_dir, source) for source in sources], image_size, min_size,
-                                  workers) as results:
-            manifest = csv.writer(manifest_file, lineterminator="\n")
-            rejected = csv.writer(rejected_file, lineterminator="\n")
-            manifest.writerow([*MANIFEST_COLUMNS, *label_columns])
-            rejected.writerow(["source", "reason"])
-            no_labels = [""] * len(label_columns)
-            for source, decoded in tqdm(zip(sources, results), total=len(sources), desc="preprocess",
-                                        unit="img", disable=not progress, mininterval=0.5):
-                if decoded.rejection_kind is not None:
-                    reason = f"{decoded.rejection_kind}: {decoded.rejection_detail}"
-                    rejections.append((source, reason))
-                    kinds[decoded.rejection_kind] += 1
-                    rejected.writerow([source, reason])
-                    continue
-                first = first_source_by_sha256.setdefault(decoded.sha256, source)
-                if first != source:
-                    n_duplicates += 1
-                    rejected.writerow([source, f"duplicate of {first}"])
-                    continue
-                manifest.writerow([writer.rows_written, source, decoded.sha256, decoded.width, decoded.height,
-                                   *labels.get(source, no_labels)])
-                writer.append(decoded.pixels)
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.close()
-    return _Outcome(writer.rows_written, rejections, kinds, n_duplicates)
+    rows = _ImageRows(images_path, len(sources), (3, image_size, image_size))
+    with _open_csv(manifest_path) as manifest_file, _open_csv(rejected_path) as rejected_file, \
+            rows.open() as images_file, \
+            _decoded_in_order([os.path.join(raw_dir, source) for source in sources], rows, image_size, min_size,
+                              workers) as results:
+        manifest = csv.writer(manifest_file, lineterminator="\n")
+        rejected = csv.writer(rejected_file, lineterminator="\n")
+        manifest.writerow([*MANIFEST_COLUMNS, *label_columns])
+        rejected.writerow(["source", "reason"])
+        no_labels = [""] * len(label_columns)
+        for row, (source, decoded) in tqdm(enumerate(zip(sources, results)), total=len(sources),
+                                           desc="preprocess", unit="img", disable=not progress, mininterval=0.5):
+            if decoded.rejection_kind is not None:
+                reason = f"{decoded.rejection_kind}: {decoded.rejection_detail}"
+                rejections.append((source, reason))
+                kinds[decoded.rejection_kind] += 1
+                rejected.writerow([source, reason])
+                continue
+            first = first_source_by_sha256.setdefault(decoded.sha256, source)
+            if first != source:
+                n_duplicates += 1
+                rejected.writerow([source, f"duplicate of {first}"])
+                continue
+            manifest.writerow([rows.rows_kept, source, decoded.sha256, decoded.width, decoded.height,
+                               *labels.get(source, no_labels)])
+            rows.keep(images_file, row)
+    rows.close()
+    return _Outcome(rows.rows_kept, rejections, kinds, n_duplicates)
 
 
 def preprocess_images(raw_dir: Path, out_dir: Path, image_size: int, min_size: int, workers: int = 0,
