@@ -78,6 +78,7 @@ def test_an_empty_file_means_all_defaults(tmp_path):
     assert load_params(tmp_path / "params.yaml") == Params()
 
 
-def test_lr_drives_both_networks_unless_lr_d_is_set():
-    assert parse_params({"lr": 0.0003}).lr_discriminator == 0.0003
+def test_lr_drives_both_networks_when_lr_d_is_null():
+    assert parse_params({}).lr_discriminator == 0.00015  # the default: the generator learns 2x faster
+    assert parse_params({"lr": 0.0003, "lr_d": None}).lr_discriminator == 0.0003
     assert parse_params({"lr": 0.0003, "lr_d": 0.0001}).lr_discriminator == 0.0001

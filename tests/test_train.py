@@ -92,7 +92,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     assert recorded == summary and recorded["resumed_from_step"] == 0
     run = client(root).get_run(recorded["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["lr"] == "0.00015" and run.data.params["data.source"] == "synthetic"
+    assert run.data.params["lr"] == "0.0003" and run.data.params["data.source"] == "synthetic"
     history = client(root).get_metric_history(run.info.run_id, "loss_g")
     assert [m.step for m in history] == [2, 4, 6, 8, 10, 12]
     assert [round(m.value, 5) for m in history] == [round(v, 5) for v in losses.loss_g]
@@ -119,7 +119,7 @@ def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path
     assert killed_run.info.status == "RUNNING"  # SIGKILL: nobody could end it
 
     # another configuration starts from scratch, even with the checkpoint above lying there
-    assert run_library(root, **{**settings, "steps": 20, "lr": 0.0003})["resumed_from_step"] == 0
+    assert run_library(root, **{**settings, "steps": 20, "lr": 0.0004})["resumed_from_step"] == 0
     assert ckpt.load_checkpoint(next((root / ".cache/checkpoints").iterdir()))["step"] == saved_step
 
     # the original configuration resumes from its checkpoint and ends exactly like the reference

@@ -78,8 +78,8 @@ class Params(_Strict):
     # optimisation
     steps: Int = Field(1000, ge=1)
     batch_size: Int = Field(64, ge=2, le=65_536)
-    lr: Float = Field(0.00015, gt=0, le=1)
-    lr_d: Float | None = Field(None, gt=0, le=1)
+    lr: Float = Field(0.0003, gt=0, le=1)
+    lr_d: Float | None = Field(0.00015, gt=0, le=1)
     beta1: Float = Field(0.5, ge=0, lt=1)
     beta2: Float = Field(0.999, ge=0, lt=1)
     label_noise: Float = Field(0.2, ge=0, lt=0.5)
