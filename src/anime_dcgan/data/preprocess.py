@@ -291,9 +291,9 @@ class _ImageRows:
             file.truncate(self.header_bytes + capacity * self.row_bytes)  # sparse: no bytes written yet
 
     def _write_header(self, file: BinaryIO, rows: int) -> int:
-        """The .npy header for `rows` rows at the start of `file`; returns its length. numpy pads the
-        header to a multiple of 64 bytes, so a shape with fewer rows keeps the same length and close()
-        rewrites it in place without moving the data."""
+        """The .npy header for `rows` rows at the start of `file`; returns its length. numpy (>= 1.24)
+        pads the header with room for a first dimension of up to 21 digits, so a shape with fewer rows
+        keeps the same length and close() rewrites it in place without moving the data."""
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                   "shape": (rows, *self.row_shape)}
         file.seek(0)
