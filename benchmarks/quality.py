@@ -15,7 +15,7 @@ the Kaggle anime faces (4,712 distinct images after preprocess drops exact dupli
 project's own train() (the stage's code path: bf16/compile per `auto`), then generates `--samples`
 images (sample k from seed k) and scores FID, KID and SWD against ALL the real images.
 
-    python benchmarks/quality.py                       # ~70 min for the three on a 2-core CPU (two trainings)
+    python benchmarks/quality.py                       # ~85 min for the three on a 2-core CPU (three trainings)
     python benchmarks/quality.py --steps 50 --samples 200 --recipes default   # a quick look
 
 A training whose models are already in --work/<training>/ with the same training parameters (its
