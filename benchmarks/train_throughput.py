@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     parser.add_argument("--steps", type=positive, default=30, help="timed steps per run (default 30)")
     parser.add_argument("--warmup", type=positive, default=3, help="untimed steps before them (default 3)")
-    parser.add_argument("--repeats", type=positive, default=2, help="rounds of all runs, best kept (default 2)")
+    parser.add_argument("--repeats", type=positive, default=3, help="rounds of all runs, best kept (default 3)")
     parser.add_argument("--batch-size", type=positive, default=128, help="images per step (default 128)")
     parser.add_argument("--image-size", type=positive, default=64, help="pixels per side (default 64)")
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from anime_dcgan.layers import Conv2dTo4x4, ConvTranspose2dFrom4x4
+
 Arch = Literal["seed", "dcgan"]
 
 
@@ -45,6 +47,16 @@ def _batch_norm(channels: int, arch: Arch) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=0.5 if arch == "seed" else 0.1)
 
 
+def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A stride-2 downsampling layer: (B, C, 2h, 2w) -> (B, C', h, w)."""
+    return nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=False)
+
+
+def _conv_transpose(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
+    """A stride-2 upsampling layer: (B, C, h, w) -> (B, C', 2h, 2w)."""
+    return nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False)
+
+
 def _activation(arch: Arch, generator: bool) -> nn.Module:
     return nn.ReLU(inplace=True) if arch == "dcgan" and generator else nn.LeakyReLU(0.2, inplace=True)
 
@@ -61,9 +73,9 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(config.nz, width, 4, 1, 0, bias=False),   # (B, 512, 4, 4)
             _batch_norm(width, arch), _activation(arch, True),
         ]
-        for _ in range(n - 1):                                           # (B, 256, 8, 8) ... (B, 64, 32, 32)
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
-                       _batch_norm(width // 2, arch), _activation(arch, True)]
+        for i in range(n - 1):                                           # (B, 256, 8, 8) ... (B, 64, 32, 32)
+            upsample = ConvTranspose2dFrom4x4 if i == 0 else _conv_transpose
+            layers += [upsample(width, width // 2), _batch_norm(width // 2, arch), _activation(arch, True)]
             width //= 2
         if arch == "seed":                                               # the article's extra 3x3 conv
             layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False),     # (B, 64, 32, 32)
@@ -87,9 +99,9 @@ class Discriminator(nn.Module):
         width = config.ndf
         layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=arch == "seed"),  # (B, 64, 32, 32)
                                    _activation(arch, False)]
-        for _ in range(n - 1):                                           # (B, 128, 16, 16) ... (B, 512, 4, 4)
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                       _batch_norm(width * 2, arch), _activation(arch, False)]
+        for i in range(n - 1):                                           # (B, 128, 16, 16) ... (B, 512, 4, 4)
+            downsample = Conv2dTo4x4 if i == n - 2 else _conv
+            layers += [downsample(width, width * 2), _batch_norm(width * 2, arch), _activation(arch, False)]
             width *= 2
         if arch == "seed":                                               # flatten + dense, as in Keras
             layers += [nn.Flatten(), nn.Linear(width * 4 * 4, 1)]       # (B, 8192) -> (B, 1)

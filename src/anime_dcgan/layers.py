@@ -1,0 +1,98 @@
+"""The stride-2 layers next to the networks' 4x4 map, with a faster weight gradient on the CPU.
+
+Both networks have one such layer: the discriminator's last downsampling convolution (8x8 -> 4x4)
+and the generator's first upsampling one (4x4 -> 8x8). Their weight gradient sums over the batch a
+product of an 8x8 map with a 4x4 map; oneDNN's backward-weights kernels run it at half the speed of
+its forward convolutions on CPUs without AMX (benchmarks/train_throughput.md). The same sum is a
+forward convolution with the batch as the channels: the 8x8 map, transposed to (C, B, 8, 8), is the
+input and the 4x4 map, transposed to (C', B, 4, 4), is the kernel, dilated by the stride 2. Measured
+on a 2-core Zen 4 (AVX512-BF16, no AMX) at batch 128: 1.7-3x faster in bf16, 1.2-1.3x in fp32; for
+the larger maps of the other layers it is slower, so they keep oneDNN's kernels. On other devices
+these layers are plain nn layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STRIDE, PADDING = 2, 1
+
+
+def weight_grad_as_conv(large: torch.Tensor, small: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """sum over b, i, j of small[b, :, i, j] x large[b, :, 2i + ki - 1, 2j + kj - 1]: a stride-2,
+    padding-1 4x4 convolution's weight gradient, with large = its input and small = the gradient of
+    its output; with the two swapped, a transposed convolution's. (B, C, 2h, 2w), (B, C', h, w) ->
+    (C', C, 4, 4) in `memory_format`."""
+    # NCHW: from channels_last maps, these transposes copy ~4x faster than to channels_last, and the
+    # convolution runs as fast
+    inputs = large.transpose(0, 1).contiguous()                                      # (C, B, 2h, 2w)
+    kernel = small.transpose(0, 1).contiguous()                                      # (C', B, h, w)
+    grad = F.conv2d(inputs, kernel, padding=PADDING, dilation=STRIDE)                # (C, C', 4, 4)
+    channels, other_channels = grad.shape[:2]
+    if memory_format == torch.channels_last:
+        # (C, C' * 16) -> (C' * 16, C): PyTorch copies a 2D transpose in cache-sized blocks, 3x faster
+        # than the same permutation of a 4D tensor
+        rows = grad.reshape(channels, -1).t().contiguous()                           # (C' * 16, C)
+        return rows.view(other_channels, 4, 4, channels).permute(0, 3, 1, 2)         # (C', C, 4, 4)
+    return grad.transpose(0, 1).contiguous(memory_format=memory_format)              # (C', C, 4, 4)
+
+
+class _ConvWithWeightGradAsConv(torch.autograd.Function):
+    """A stride-2, padding-1, bias-free convolution (or transposed convolution) whose backward
+    computes the weight gradient with `weight_grad_as_conv`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.transposed = transposed
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        return conv(x, weight, stride=STRIDE, padding=PADDING)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:  # the data gradient is the opposite convolution
+            opposite = F.conv2d if ctx.transposed else F.conv_transpose2d
+            grad_x = opposite(grad_out, weight, stride=STRIDE, padding=PADDING)
+        if ctx.needs_input_grad[1]:
+            # in the weight's own layout: autograd would otherwise copy it again, in fp32
+            layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
+                else torch.contiguous_format
+            large, small = (grad_out, x) if ctx.transposed else (x, grad_out)
+            grad_weight = weight_grad_as_conv(large, small, layout)
+        return grad_x, grad_weight, None
+
+
+def _conv_on_cpu(x: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    # autocast does not reach into a custom Function's backward: cast as autocast would (its list
+    # puts convolutions in the low precision), then run the Function in that one dtype
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    with torch.autocast("cpu", enabled=False):
+        return _ConvWithWeightGradAsConv.apply(x.to(dtype), weight.to(dtype), transposed)
+
+
+class Conv2dTo4x4(nn.Conv2d):
+    """4x4 kernel, stride 2, padding 1, no bias: (B, C, 8, 8) -> (B, C', 4, 4)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 4, STRIDE, PADDING, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _conv_on_cpu(x, self.weight, transposed=False)
+
+
+class ConvTranspose2dFrom4x4(nn.ConvTranspose2d):
+    """4x4 kernel, stride 2, padding 1, no bias: (B, C, 4, 4) -> (B, C', 8, 8)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 4, STRIDE, PADDING, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _conv_on_cpu(x, self.weight, transposed=True)
