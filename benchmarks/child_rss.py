@@ -8,8 +8,6 @@ import time
 
 import psutil
 
-SAMPLE_INTERVAL_S = 0.02
-
 
 def tree_rss(process: psutil.Process) -> int:
     """Resident bytes of a process and its descendants (processes that vanish count 0; forked
@@ -23,8 +21,10 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_sampling_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, int]:
-    """(return code, stdout, peak tree RSS in bytes); Ctrl-C or SIGTERM here stops the child too."""
+def run_sampling_rss(command: list[str], env: dict[str, str] | None = None,
+                     interval_s: float = 0.02) -> tuple[int, str, int]:
+    """(return code, stdout, peak tree RSS in bytes), sampled every `interval_s`; Ctrl-C or SIGTERM
+    here stops the child too. Each sample walks /proc: at 20 ms that takes ~6% of a core."""
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     process = psutil.Process(child.pid)
     peak, done = 0, threading.Event()
@@ -36,7 +36,7 @@ def run_sampling_rss(command: list[str], env: dict[str, str] | None = None) -> t
                 peak = max(peak, tree_rss(process))
             except psutil.NoSuchProcess:
                 return
-            time.sleep(SAMPLE_INTERVAL_S)
+            time.sleep(interval_s)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -12,7 +12,8 @@ the same images, on the same machine, in the same invocation:
   images.npy), with the runtime of anime_dcgan.device.pick_runtime (bf16 autocast where supported,
   channels_last, torch.compile per --compile) and tune_cpu_allocator() on the CPU.
 - variants of the project step: the other compile setting (compiled when the pipeline runs eager, eager
-  when it compiles), and without tune_cpu_allocator.
+  when it compiles); on the CPU, without tune_cpu_allocator, and with oneDNN's own weight gradients
+  for the two layers next to the 4x4 map (anime_dcgan.layers turned back into PyTorch's classes).
 
 Every run is a fresh child process (peak RSS is per run; no run inherits another's allocator or
 compiled state) and the configurations alternate round by round, so a change of machine load hits all
@@ -57,6 +58,7 @@ from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_a
 from anime_dcgan.gan import GanConfig, build_gan, draw_step_inputs, ema_decay_at, train_step
 from anime_dcgan.models import Discriminator, Generator, ModelConfig
 from anime_dcgan.io import atomic_write_json
+from anime_dcgan.layers import Conv2dTo4x4, ConvTranspose2dFrom4x4
 from anime_dcgan.params import Params, load_params
 from anime_dcgan.stage import PipelineError, run_stage
 from anime_dcgan.train import begin_step, load_dataset, networks_for_steps
@@ -68,6 +70,9 @@ PARAMS_YAML = REPO_ROOT / "params.yaml"
 LR, BETAS = 0.0002, (0.5, 0.999)           # pytorch/examples' defaults, used on both sides
 REFERENCE_WORKERS = 2                     # pytorch/examples' default --workers
 TARGET_RATIO_CPU = 2.5                    # the issue's target for project / reference on the CPU
+# the parent samples the memory of the timed process tree this often; every 20 ms cost ~6% of a core
+# and slowed the project's 2-thread step by 6-15% on 2 cores (its threads wait for each other)
+TREE_RSS_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class RunConfig:
     side: str                  # "reference" | "project"
     compile: bool = False      # project only
     tune_allocator: bool = False
+    weight_grad_as_conv: bool = True  # project only: anime_dcgan.layers as the models build them
 
 
 @dataclass
@@ -174,12 +180,15 @@ def endless(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
 class ProjectTrainer:
     """The train stage's step (anime_dcgan.train._Loop.run without its logging and checkpoints)."""
 
-    def __init__(self, dataset: torch.Tensor, batch_size: int, runtime: Runtime, params: Params):
+    def __init__(self, dataset: torch.Tensor, batch_size: int, runtime: Runtime, params: Params,
+                 weight_grad_as_conv: bool = True):
         self.dataset, self.batch_size, self.runtime, self.params = dataset, batch_size, runtime, params
         model = ModelConfig("dcgan", dataset.shape[-1])
         self.nz = model.nz
         config = GanConfig(lr_g=LR, lr_d=LR, beta1=BETAS[0], beta2=BETAS[1], label_noise=params.label_noise)
         gan = build_gan(model, config, runtime.device)
+        if not weight_grad_as_conv:
+            use_pytorch_layers(gan.generator, gan.discriminator)
         self.step_gan = networks_for_steps(gan, runtime)  # compiled as the stage compiles them
         self.metric_sums = torch.zeros(6, device=runtime.device)  # summed on the device, as the stage does
         self.steps_done = 0
@@ -193,6 +202,17 @@ class ProjectTrainer:
                              ema_decay_at(self.steps_done, self.params.ema_decay))
         self.metric_sums += metrics
         return self.batch_size
+
+
+def use_pytorch_layers(*networks: nn.Module) -> None:
+    """Turn anime_dcgan.layers' two layers back into PyTorch's own classes (same weights, same forward,
+    oneDNN's weight gradient): what the step would cost without them."""
+    for network in networks:
+        for layer in network.modules():
+            if isinstance(layer, Conv2dTo4x4):
+                layer.__class__ = nn.Conv2d
+            elif isinstance(layer, ConvTranspose2dFrom4x4):
+                layer.__class__ = nn.ConvTranspose2d
 
 
 # ---------------------------------------------------------------- child side: one timed run
@@ -244,7 +264,8 @@ def run_child(spec: dict) -> dict:
             tune_cpu_allocator()  # before the dataset and the networks are allocated, as the stage does
         runtime = pick_runtime(spec["device"], spec["precision"], config.compile)
         params = load_params(spec["params_yaml"])
-        trainer = ProjectTrainer(load_dataset(Path(spec["images_npy"]), device), spec["batch_size"], runtime, params)
+        trainer = ProjectTrainer(load_dataset(Path(spec["images_npy"]), device), spec["batch_size"], runtime, params,
+                                 config.weight_grad_as_conv)
         step, precision = trainer.step, runtime.precision
     figures = time_steps(step, spec["warmup"], spec["steps"], device)
     return {**figures, "max_rss_bytes": peak_rss_bytes(), "imports_rss_bytes": imports_rss, "precision": precision}
@@ -256,7 +277,8 @@ def measure(config: RunConfig, spec: dict, inductor_cache: Path) -> RunResult:
     """Run one configuration in a fresh child process while sampling the resident memory of its tree."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}
     child_spec = json.dumps({**spec, "config": asdict(config)})
-    returncode, stdout, peak = run_sampling_rss([sys.executable, __file__, "--child", child_spec], env)
+    returncode, stdout, peak = run_sampling_rss([sys.executable, __file__, "--child", child_spec], env,
+                                                interval_s=TREE_RSS_INTERVAL_S)
     if returncode != 0:
         raise SystemExit(f"the {config.name} run failed (exit {returncode}); its error is printed above")
     figures = json.loads(stdout.strip().splitlines()[-1])
@@ -325,7 +347,8 @@ def prepare_images(work: Path, image_dir: Path | None, synthetic_count: int) -> 
 
 def run_configs(device: torch.device, compiled: bool, variants: bool) -> list[RunConfig]:
     """The reference, the project step as the pipeline runs it, and (with `variants`) the project step
-    with the other compile setting and without tune_cpu_allocator (on the CPU)."""
+    with the other compile setting and, on the CPU, without tune_cpu_allocator and with oneDNN's
+    weight gradients (anime_dcgan.layers changes the CPU path only)."""
     cpu = device.type == "cpu"  # tune_cpu_allocator is for glibc's malloc, which CUDA memory bypasses
     configs = [RunConfig("reference", "reference"),
                RunConfig("project", "project", compile=compiled, tune_allocator=cpu)]
@@ -334,6 +357,8 @@ def run_configs(device: torch.device, compiled: bool, variants: bool) -> list[Ru
         configs.append(RunConfig(other, "project", compile=not compiled, tune_allocator=cpu))
     if variants and cpu:
         configs.append(RunConfig("project, default allocator", "project", compile=compiled, tune_allocator=False))
+        configs.append(RunConfig("project, oneDNN weight gradients", "project", compile=compiled, tune_allocator=True,
+                                 weight_grad_as_conv=False))
     return configs
 
 
@@ -392,6 +417,9 @@ class Summary:
             verdicts |= {"allocator_speedup": project.images_per_s / untuned.images_per_s,
                          "minor_faults_per_step_tuned": project.minor_faults / len(project.step_seconds),
                          "minor_faults_per_step_default": untuned.minor_faults / len(untuned.step_seconds)}
+        if "project, oneDNN weight gradients" in names:
+            verdicts["weight_grad_as_conv_speedup"] = \
+                project.images_per_s / self.best("project, oneDNN weight gradients").images_per_s
         return verdicts
 
     def to_json(self) -> dict:
@@ -440,6 +468,9 @@ def print_report(summary: Summary) -> None:
     if "allocator_speedup" in verdicts:
         print(f"tune_cpu_allocator: {verdicts['allocator_speedup']:.2f}x images/s; minor faults/step "
               f"{verdicts['minor_faults_per_step_default']:,.0f} -> {verdicts['minor_faults_per_step_tuned']:,.0f}")
+    if "weight_grad_as_conv_speedup" in verdicts:
+        print(f"weight gradients as convolutions (anime_dcgan.layers): {verdicts['weight_grad_as_conv_speedup']:.2f}x "
+              "images/s against oneDNN's")
 
 
 def positive(text: str) -> int:
