@@ -16,8 +16,9 @@ the same images, on the same machine, in the same invocation:
   for the two layers next to the 4x4 map (anime_dcgan.layers turned back into PyTorch's classes).
 
 Every run is a fresh child process (peak RSS is per run; no run inherits another's allocator or
-compiled state) and the configurations alternate round by round, so a change of machine load hits all
-of them alike; the best round of each is reported. In a run, --warmup steps (which include
+compiled state) and the configurations alternate round by round, so a lasting change of machine load
+hits all of them alike; the best round of each is reported (a drift of the machine's speed that lasts
+about one round can still favour one configuration: weight_grad_ab.py interleaves single steps). In a run, --warmup steps (which include
 torch.compile's work and the DataLoader's start) are timed apart from the --steps timed steps; compile
 time = warm-up time - warmup x the median timed step. All runs of one invocation share a fresh
 Inductor cache: the first compiled run compiles cold (what a first training run pays), later ones

@@ -6,7 +6,7 @@ product of an 8x8 map with a 4x4 map; oneDNN's backward-weights kernels run it a
 its forward convolutions on CPUs without AMX (benchmarks/train_throughput.md). The same sum is a
 forward convolution with the batch as the channels: the 8x8 map, transposed to (C, B, 8, 8), is the
 input and the 4x4 map, transposed to (C', B, 4, 4), is the kernel, dilated by the stride 2. Measured
-on a 2-core Zen 4 (AVX512-BF16, no AMX) at batch 128: 1.7-3x faster in bf16, 1.2-1.3x in fp32; for
+on a 2-core Zen 4 (AVX512-BF16, no AMX) at batch 128: 1.9-3x faster in bf16, 1.1-1.3x in fp32; for
 the larger maps of the other layers it is slower, so they keep oneDNN's kernels. On other devices
 these layers are plain nn layers.
 """
