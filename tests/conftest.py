@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE_ZIP = Path(
     os.environ.get("ANIME_FACES_SAMPLE_ZIP", REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip")
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A session started with SIGINT ignored (`nohup make test`, or `make test &` in a script) passes
+    # that on to the stages it starts, which then rightly ignore Ctrl-C, and the interruption tests
+    # fail. A Python handler here is reset to the default in every program the tests start.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
