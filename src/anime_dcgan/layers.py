@@ -74,25 +74,25 @@ def _conv_on_cpu(x: torch.Tensor, weight: torch.Tensor, transposed: bool) -> tor
         return _ConvWithWeightGradAsConv.apply(x.to(dtype), weight.to(dtype), transposed)
 
 
-class Conv2dTo4x4(nn.Conv2d):
+class _WeightGradAsConvOnCpu:
+    """The forward both layers share: PyTorch's own on other devices, the Function on the CPU
+    (`transposed` is set by PyTorch's convolution classes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _conv_on_cpu(x, self.weight, self.transposed)
+
+
+class Conv2dTo4x4(_WeightGradAsConvOnCpu, nn.Conv2d):
     """4x4 kernel, stride 2, padding 1, no bias: (B, C, 8, 8) -> (B, C', 4, 4)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 4, STRIDE, PADDING, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        return _conv_on_cpu(x, self.weight, transposed=False)
 
-
-class ConvTranspose2dFrom4x4(nn.ConvTranspose2d):
+class ConvTranspose2dFrom4x4(_WeightGradAsConvOnCpu, nn.ConvTranspose2d):
     """4x4 kernel, stride 2, padding 1, no bias: (B, C, 4, 4) -> (B, C', 8, 8)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 4, STRIDE, PADDING, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        return _conv_on_cpu(x, self.weight, transposed=True)
