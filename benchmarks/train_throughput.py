@@ -18,11 +18,12 @@ the same images, on the same machine, in the same invocation:
 Every run is a fresh child process (peak RSS is per run; no run inherits another's allocator or
 compiled state) and the configurations alternate round by round, so a lasting change of machine load
 hits all of them alike; the best round of each is reported (a drift of the machine's speed that lasts
-about one round can still favour one configuration: weight_grad_ab.py interleaves single steps). In a run, --warmup steps (which include
-torch.compile's work and the DataLoader's start) are timed apart from the --steps timed steps; compile
-time = warm-up time - warmup x the median timed step. All runs of one invocation share a fresh
-Inductor cache: the first compiled run compiles cold (what a first training run pays), later ones
-reuse its kernels.
+about one round can still favour one configuration: weight_grad_ab.py interleaves single steps; on the
+CPU, thread_scaling() timed before and after each run says which state of the machine it saw).
+In a run, --warmup steps (which include torch.compile's work and the DataLoader's start) are timed
+apart from the --steps timed steps; compile time = warm-up time - warmup x the median timed step.
+All runs of one invocation share a fresh Inductor cache: the first compiled run compiles cold (what a
+first training run pays), later ones reuse its kernels.
 
 FLOPs per image are counted with torch.utils.flop_counter.FlopCounterMode over one step of each loop;
 the FLOP limit is the best throughput of a large bf16 convolution forward measured here (inference
@@ -98,6 +99,7 @@ class RunResult:
     imports_rss_bytes: int            # the same when the run starts: the imported libraries alone
     tree_rss_bytes: int = 0           # training process + its children (DataLoader/compile workers), sampled
     precision: str = "fp32"
+    thread_scaling: tuple[float, float] | None = None  # thread_scaling() just before and just after the run
 
     @property
     def images_per_s(self) -> float:
@@ -307,6 +309,37 @@ def conv_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3) 
     return flops / best
 
 
+def thread_scaling(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float | None:
+    """How many times faster oneDNN computes the weight gradient of the 64 -> 128 layer (batch 128) on all
+    torch threads than on one; None on CUDA or with one thread. On the 2-core guest this was written on,
+    this swings between ~1.8 and ~1.25 for minutes at a time, in every process alike, while one thread's
+    time stays put: a state of the machine (most likely where the host puts the two vCPUs) that slows
+    the project's step, its backward kernels, by ~12% and the reference hardly (train_throughput.md).
+    Timed around each run to tell which state the run saw."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return None
+    images = torch.randn(128, 64, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(128, 128, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(128, 64, 4, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    def best_seconds() -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first call creates oneDNN's kernel for this thread count
+            started = time.perf_counter()
+            torch.ops.aten.convolution_backward(grad_out, images, weight, None, [2, 2], [1, 1], [1, 1], False,
+                                                [0, 0], 1, [False, True, False])
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    try:
+        all_threads = best_seconds()
+        torch.set_num_threads(1)
+        return best_seconds() / all_threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def count_flops_per_image(image_size: int, batch_size: int, runtime: Runtime, params: Params) -> dict[str, float]:
     """FLOPs of one training step per image, counted on each loop with random data (FLOPs do not depend on it)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -421,6 +454,8 @@ class Summary:
         if "project, oneDNN weight gradients" in names:
             verdicts["weight_grad_as_conv_speedup"] = \
                 project.images_per_s / self.best("project, oneDNN weight gradients").images_per_s
+        if project.thread_scaling is not None:
+            verdicts["project_best_thread_scaling"] = list(project.thread_scaling)
         return verdicts
 
     def to_json(self) -> dict:
@@ -472,6 +507,13 @@ def print_report(summary: Summary) -> None:
     if "weight_grad_as_conv_speedup" in verdicts:
         print(f"weight gradients as convolutions (anime_dcgan.layers): {verdicts['weight_grad_as_conv_speedup']:.2f}x "
               "images/s against oneDNN's")
+    if "project_best_thread_scaling" in verdicts:
+        print("thread scaling of oneDNN's weight gradient before -> after each run, round by round "
+              "(thread_scaling(); on the 2-core guest of train_throughput.md ~1.8 normally, ~1.25 in its slow state):")
+        for name in summary.names():
+            scalings = ", ".join(f"{run.thread_scaling[0]:.2f} -> {run.thread_scaling[1]:.2f}"
+                                 for run in summary.runs if run.config.name == name)
+            print(f"  {name}: {scalings}")
 
 
 def positive(text: str) -> int:
@@ -551,11 +593,17 @@ def main(argv: list[str] | None = None) -> None:
                 "image_root": str(raw), "images_npy": str(work / "processed/images.npy"),
                 "params_yaml": str(PARAMS_YAML)}
         configs = run_configs(device, runtime.compile, not args.no_variants)
+        probe_dtype = runtime.autocast_dtype or torch.float32
+        scaling = thread_scaling(device, probe_dtype)
         for round_index in range(args.repeats):
             for config in configs:  # alternating: every configuration sees each phase of the machine's load
                 result = measure(config, spec, work / "inductor-cache")
+                scaling_before, scaling = scaling, thread_scaling(device, probe_dtype)
+                if scaling is not None:
+                    result.thread_scaling = (scaling_before, scaling)
                 summary.runs.append(result)
-                print(f"round {round_index + 1}/{args.repeats}: {config.name}: {result.images_per_s:.1f} images/s",
+                print(f"round {round_index + 1}/{args.repeats}: {config.name}: {result.images_per_s:.1f} images/s"
+                      + (f" (thread scaling {scaling_before:.2f} -> {scaling:.2f})" if scaling is not None else ""),
                       flush=True)
     machine["load_average_end"] = os.getloadavg()[0]
     print(f"load average {machine['load_average_end']:.1f} at the end")

@@ -61,6 +61,12 @@ def test_tiny_run_reports_both_sides_ratio_and_memory(tmp_path: Path):
     assert report["flops_per_image"]["reference"] > report["flops_per_image"]["project"] > 0
     assert report["peak_flops"]["bf16"] > 0 and report["peak_flops"]["fp32"] > 0
     assert report["settings"]["project_images"] == 24
+    # the machine-state probe around every run, on all threads against one
+    for run in report["runs"]:
+        if torch.get_num_threads() >= 2:
+            assert len(run["thread_scaling"]) == 2 and min(run["thread_scaling"]) > 0
+        else:
+            assert run["thread_scaling"] is None
 
 
 def load_benchmark():
@@ -85,6 +91,20 @@ def test_bad_arguments_are_refused_with_a_message(args: list[str], message: str,
         load_benchmark().main(args)
     assert stopped.value.code != 0
     assert message in f"{stopped.value.code}{capsys.readouterr().err}"  # argparse prints, the others raise it
+
+
+def test_thread_scaling_measures_and_restores_the_thread_count():
+    module = load_benchmark()
+    threads = torch.get_num_threads()
+    scaling = module.thread_scaling(torch.device("cpu"), torch.float32, repeats=1)
+    assert torch.get_num_threads() == threads
+    if threads >= 2:
+        assert 0.2 < scaling < 4 * threads  # a time ratio: positive, not absurd
+    torch.set_num_threads(1)
+    try:
+        assert module.thread_scaling(torch.device("cpu"), torch.float32) is None  # nothing to compare
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_result(module, name: str, images_per_s: float, warmup_seconds: list[float], minor_faults: int,
@@ -115,8 +135,12 @@ def test_verdicts_on_known_figures(capsys):
         run_result(module, "reference", 90, [1.0], 500_000, tune_allocator=False),
         run_result(module, "project", 260, [3.0, 1.0], 1_000, compile=True),  # best round, warm cache
     ]
+    for run in summary.runs:
+        run.thread_scaling = (1.8, 1.8)
+    summary.runs[-1].thread_scaling = (1.8, 1.25)
     verdicts = summary.verdicts()
     assert verdicts["ratio_project_over_reference"] == pytest.approx(2.6)  # best rounds: 260 / 100
+    assert verdicts["project_best_thread_scaling"] == [1.8, 1.25]
     assert verdicts["target_met"]
     assert verdicts["bf16_limit_images_per_s_project"] == pytest.approx(500)
     assert verdicts["compile_seconds_cold"] == pytest.approx(30)  # the first compiled run's, not the best's
@@ -136,6 +160,7 @@ def test_verdicts_on_known_figures(capsys):
     assert "| 52% |" in printed  # project: 260 images/s x 2 GFLOP of a 1 TFLOP/s limit
     assert "minor faults/step 40,000 -> 100" in printed
     assert "weight gradients as convolutions (anime_dcgan.layers): 1.30x" in printed
+    assert "  project: 1.80 -> 1.80, 1.80 -> 1.25\n" in printed  # round by round
 
 
 def test_compile_verdict_when_the_pipeline_runs_eager():
