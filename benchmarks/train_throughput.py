@@ -297,16 +297,22 @@ def conv_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3) 
     weight = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype)   # (512, 512, 3, 3)
     x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
     flops = 2 * batch * channels * size * size * channels * 3 * 3
-    best = float("inf")
     with torch.inference_mode():
-        F.conv2d(x, weight, padding=1)  # oneDNN/cuDNN pick and prepare their kernel
-        for _ in range(repeats):
-            synchronise(device)
-            started = time.perf_counter()
-            F.conv2d(x, weight, padding=1)
-            synchronise(device)
-            best = min(best, time.perf_counter() - started)
-    return flops / best
+        return flops / best_seconds(lambda: F.conv2d(x, weight, padding=1), device, repeats)
+
+
+def best_seconds(call: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """The shortest of `repeats` timed calls, after one untimed call in which oneDNN/cuDNN pick and
+    prepare their kernel (for the current thread count)."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronise(device)
+        started = time.perf_counter()
+        call()
+        synchronise(device)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def thread_scaling(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float | None:
@@ -323,19 +329,14 @@ def thread_scaling(device: torch.device, dtype: torch.dtype, repeats: int = 3) -
     grad_out = torch.randn(128, 128, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(128, 64, 4, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
-    def best_seconds() -> float:
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first call creates oneDNN's kernel for this thread count
-            started = time.perf_counter()
-            torch.ops.aten.convolution_backward(grad_out, images, weight, None, [2, 2], [1, 1], [1, 1], False,
-                                                [0, 0], 1, [False, True, False])
-            best = min(best, time.perf_counter() - started)
-        return best
+    def weight_grad() -> None:
+        torch.ops.aten.convolution_backward(grad_out, images, weight, None, [2, 2], [1, 1], [1, 1], False,
+                                            [0, 0], 1, [False, True, False])
 
     try:
-        all_threads = best_seconds()
+        all_threads = best_seconds(weight_grad, device, repeats)
         torch.set_num_threads(1)
-        return best_seconds() / all_threads
+        return best_seconds(weight_grad, device, repeats) / all_threads
     finally:
         torch.set_num_threads(threads)
 
