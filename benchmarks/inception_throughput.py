@@ -30,10 +30,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anime_dcgan.metrics import (feature_statistics, frechet_distance, inception_features,
-                                 kernel_inception_distance, load_inception, mean_pairwise_ms_ssim, memorization,
-                                 precision_recall, sliced_wasserstein_distance)
-from anime_dcgan.metrics.inception import FIDInceptionV3
+from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim
+from anime_dcgan.evaluation.fid import (
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+)
+from anime_dcgan.evaluation.inception import (
+    FIDInceptionV3,
+    inception_features,
+    load_inception,
+)
+from anime_dcgan.evaluation.memorization import memorization
+from anime_dcgan.evaluation.precision_recall import precision_recall
+from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROCESSED = REPO_ROOT / "data/processed/images.npy"

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import PIL
-
 from child_rss import run_sampling_rss  # beside this script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

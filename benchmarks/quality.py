@@ -40,14 +40,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from anime_dcgan.data.fetch import fetch_source  # noqa: E402
 from anime_dcgan.data.preprocess import preprocess_images  # noqa: E402
-from anime_dcgan.data.sources import fetch_source  # noqa: E402
-from anime_dcgan.metrics import EvalInputs, compute_metrics, compute_reference, load_reference, save_reference  # noqa: E402
-from anime_dcgan.models import load_model  # noqa: E402
+from anime_dcgan.evaluation.reference import (  # noqa: E402
+    compute_reference,
+    load_reference,
+    save_reference,
+)
+from anime_dcgan.evaluation.registry import EvalInputs, compute_metrics  # noqa: E402
 from anime_dcgan.params import Params, load_params  # noqa: E402
-from anime_dcgan.sampling import generate_for_seeds  # noqa: E402
 from anime_dcgan.tracking import Tracker  # noqa: E402
-from anime_dcgan.train import TrainOutputs, train  # noqa: E402
+from anime_dcgan.training.loop import TrainOutputs, train  # noqa: E402
+from anime_dcgan.training.networks import load_model  # noqa: E402
+from anime_dcgan.training.sample import generate_for_seeds  # noqa: E402
 
 SHARED_ZIP = REPO.parent / "shared/data/anime-faces-64-sample.zip"
 # recipe -> (the training run it samples, the generator file of that run)

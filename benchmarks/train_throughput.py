@@ -7,13 +7,13 @@ the same images, on the same machine, in the same invocation:
   folder (Resize, CenterCrop, ToTensor, Normalize to [-1, 1]), DataLoader(shuffle, 2 workers),
   discriminator ending in a sigmoid with BCELoss, Adam(2e-4, (0.5, 0.999)), fp32, eager, contiguous
   memory, and the four `.item()` reads per iteration (errD, errG, D(x), D(G(z))) that it prints.
-- project: the train stage's step: build_gan + draw_step_inputs + train_step of anime_dcgan.gan on the
-  dataset as one uint8 tensor on the device (anime_dcgan.train.load_dataset of the preprocess stage's
+- project: the train stage's step: build_gan + draw_step_inputs + train_step of anime_dcgan.training.step on the
+  dataset as one uint8 tensor on the device (anime_dcgan.training.loop.load_dataset of the preprocess stage's
   images.npy), with the runtime of anime_dcgan.device.pick_runtime (bf16 autocast where supported,
   channels_last, torch.compile per --compile) and tune_cpu_allocator() on the CPU.
 - variants of the project step: the other compile setting (compiled when the pipeline runs eager, eager
   when it compiles); on the CPU, without tune_cpu_allocator, and with oneDNN's own weight gradients
-  for the two layers next to the 4x4 map (anime_dcgan.layers turned back into PyTorch's classes).
+  for the two layers next to the 4x4 map (anime_dcgan.training.cpu_ops turned back into PyTorch's classes).
 
 Every run is a fresh child process (peak RSS is per run; no run inherits another's allocator or
 compiled state) and the configurations alternate round by round, so a lasting change of machine load
@@ -52,18 +52,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from child_rss import run_sampling_rss  # beside this script
 from torch import nn
 
-from child_rss import run_sampling_rss  # beside this script
-
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
-from anime_dcgan.gan import GanConfig, build_gan, draw_step_inputs, ema_decay_at, train_step
-from anime_dcgan.models import Discriminator, Generator, ModelConfig
-from anime_dcgan.io import atomic_write_json
-from anime_dcgan.layers import Conv2dTo4x4, ConvTranspose2dFrom4x4
+from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import Params, load_params
-from anime_dcgan.stage import PipelineError, run_stage
-from anime_dcgan.train import begin_step, load_dataset, networks_for_steps
+from anime_dcgan.training.cpu_ops import Conv2dTo4x4, ConvTranspose2dFrom4x4
+from anime_dcgan.training.loop import begin_step, load_dataset, networks_for_steps
+from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
+from anime_dcgan.training.step import (
+    GanConfig,
+    build_gan,
+    draw_step_inputs,
+    ema_decay_at,
+    train_step,
+)
+from anime_dcgan.util.io import atomic_write_json
+from anime_dcgan.util.stage import run_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = Path(os.environ.get("ANIME_FACES_SAMPLE_ZIP",
@@ -84,7 +90,7 @@ class RunConfig:
     side: str                  # "reference" | "project"
     compile: bool = False      # project only
     tune_allocator: bool = False
-    weight_grad_as_conv: bool = True  # project only: anime_dcgan.layers as the models build them
+    weight_grad_as_conv: bool = True  # project only: anime_dcgan.training.cpu_ops as the models build them
 
 
 @dataclass
@@ -181,7 +187,7 @@ def endless(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
 
 
 class ProjectTrainer:
-    """The train stage's step (anime_dcgan.train._Loop.run without its logging and checkpoints)."""
+    """The train stage's step (anime_dcgan.training.loop._Loop.run without its logging and checkpoints)."""
 
     def __init__(self, dataset: torch.Tensor, batch_size: int, runtime: Runtime, params: Params,
                  weight_grad_as_conv: bool = True):
@@ -208,7 +214,7 @@ class ProjectTrainer:
 
 
 def use_pytorch_layers(*networks: nn.Module) -> None:
-    """Turn anime_dcgan.layers' two layers back into PyTorch's own classes (same weights, same forward,
+    """Turn anime_dcgan.training.cpu_ops' two layers back into PyTorch's own classes (same weights, same forward,
     oneDNN's weight gradient): what the step would cost without them."""
     for network in networks:
         for layer in network.modules():
@@ -383,7 +389,7 @@ def prepare_images(work: Path, image_dir: Path | None, synthetic_count: int) -> 
 def run_configs(device: torch.device, compiled: bool, variants: bool) -> list[RunConfig]:
     """The reference, the project step as the pipeline runs it, and (with `variants`) the project step
     with the other compile setting and, on the CPU, without tune_cpu_allocator and with oneDNN's
-    weight gradients (anime_dcgan.layers changes the CPU path only)."""
+    weight gradients (anime_dcgan.training.cpu_ops changes the CPU path only)."""
     cpu = device.type == "cpu"  # tune_cpu_allocator is for glibc's malloc, which CUDA memory bypasses
     configs = [RunConfig("reference", "reference"),
                RunConfig("project", "project", compile=compiled, tune_allocator=cpu)]
@@ -506,7 +512,7 @@ def print_report(summary: Summary) -> None:
         print(f"tune_cpu_allocator: {verdicts['allocator_speedup']:.2f}x images/s; minor faults/step "
               f"{verdicts['minor_faults_per_step_default']:,.0f} -> {verdicts['minor_faults_per_step_tuned']:,.0f}")
     if "weight_grad_as_conv_speedup" in verdicts:
-        print(f"weight gradients as convolutions (anime_dcgan.layers): {verdicts['weight_grad_as_conv_speedup']:.2f}x "
+        print(f"weight gradients as convolutions (anime_dcgan.training.cpu_ops): {verdicts['weight_grad_as_conv_speedup']:.2f}x "
               "images/s against oneDNN's")
     if "project_best_thread_scaling" in verdicts:
         print("thread scaling of oneDNN's weight gradient before -> after each run, round by round "

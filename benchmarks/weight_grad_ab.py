@@ -1,4 +1,4 @@
-"""The training step with and without anime_dcgan.layers, interleaved step by step in one process.
+"""The training step with and without anime_dcgan.training.cpu_ops, interleaved step by step in one process.
 
 The CPU speed of this 2-core guest drifts between two levels (~12% apart) over tens of seconds, more
 than the difference being measured; separate runs compare whichever level each one caught. Here the
@@ -19,12 +19,16 @@ import time
 from pathlib import Path
 
 import torch
-
-from train_throughput import PARAMS_YAML, REPO_ROOT, ProjectTrainer, positive  # beside this script
+from train_throughput import (  # beside this script
+    PARAMS_YAML,
+    REPO_ROOT,
+    ProjectTrainer,
+    positive,
+)
 
 from anime_dcgan.device import pick_runtime, tune_cpu_allocator
 from anime_dcgan.params import load_params
-from anime_dcgan.train import load_dataset
+from anime_dcgan.training.loop import load_dataset
 
 
 def timed(trainer: ProjectTrainer) -> float:
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"{runtime.precision}, batch {args.batch_size}, {args.pairs} interleaved pairs, "
           f"{torch.get_num_threads()} threads")
-    print(f"anime_dcgan.layers:  {rate(with_layers):.1f} images/s")
+    print(f"anime_dcgan.training.cpu_ops:  {rate(with_layers):.1f} images/s")
     print(f"oneDNN's gradients:  {rate(without):.1f} images/s")
     quartiles = statistics.quantiles(ratios, n=4)
     print(f"speed-up: {rate(with_layers) / rate(without):.3f}x overall; per pair median {statistics.median(ratios):.3f}x "

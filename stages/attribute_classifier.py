@@ -4,24 +4,31 @@ The evaluate stage uses it to measure mode coverage; on other data it records th
 
 import numpy as np
 
-from anime_dcgan import layout
+from anime_dcgan import paths
 from anime_dcgan.device import pick_device
-from anime_dcgan.evaluate import CLASSIFIER_FILE, COVERAGE_ATTRIBUTES, coverage_labels
-from anime_dcgan.io import atomic_dir, atomic_write_json
-from anime_dcgan.metrics import save_attribute_classifier, train_attribute_classifier
+from anime_dcgan.evaluation.attributes import (
+    save_attribute_classifier,
+    train_attribute_classifier,
+)
+from anime_dcgan.evaluation.evaluate import (
+    CLASSIFIER_FILE,
+    COVERAGE_ATTRIBUTES,
+    coverage_labels,
+)
 from anime_dcgan.params import load_params
-from anime_dcgan.stage import run_stage
+from anime_dcgan.util.io import atomic_dir, atomic_write_json
+from anime_dcgan.util.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
-    labels = coverage_labels(layout.MANIFEST)
-    with atomic_dir(layout.REFERENCE_ATTRIBUTES) as staging:
+    labels = coverage_labels(paths.MANIFEST)
+    with atomic_dir(paths.REFERENCE_ATTRIBUTES) as staging:
         if labels is None:
             report = {"available": False,
                       "reason": f"the data has no {' / '.join(COVERAGE_ATTRIBUTES)} labels (synthetic source only)"}
         else:
-            images = np.load(layout.PROCESSED_IMAGES, mmap_mode="r")
+            images = np.load(paths.PROCESSED_IMAGES, mmap_mode="r")
             classifier, report = train_attribute_classifier(images, labels, COVERAGE_ATTRIBUTES, params.seed,
                                                             pick_device(params.device))
             save_attribute_classifier(staging / CLASSIFIER_FILE, classifier, report)

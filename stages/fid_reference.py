@@ -3,20 +3,20 @@ reference/inception.npz. Recomputed only when the processed data, fid_samples or
 
 import numpy as np
 
-from anime_dcgan import layout
+from anime_dcgan import paths
 from anime_dcgan.device import pick_device
-from anime_dcgan.metrics import compute_reference, save_reference
+from anime_dcgan.evaluation.reference import compute_reference, save_reference
 from anime_dcgan.params import load_params
-from anime_dcgan.stage import run_stage
+from anime_dcgan.util.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
-    images = np.load(layout.PROCESSED_IMAGES, mmap_mode="r")
+    images = np.load(paths.PROCESSED_IMAGES, mmap_mode="r")
     reference = compute_reference(images, params.fid_samples, params.seed, pick_device(params.device), progress=True)
-    save_reference(layout.REFERENCE_INCEPTION, reference)
+    save_reference(paths.REFERENCE_INCEPTION, reference)
     print(f"fid_reference: Inception statistics of {len(reference['indices']):,} of {len(images):,} real "
-          f"images -> {layout.REFERENCE_INCEPTION}")
+          f"images -> {paths.REFERENCE_INCEPTION}")
 
 
 if __name__ == "__main__":

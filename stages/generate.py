@@ -3,26 +3,26 @@ progress animation and contact sheet), also logged to the training run in MLflow
 
 import json
 
-from anime_dcgan import layout
+from anime_dcgan import paths
 from anime_dcgan.device import pick_device
-from anime_dcgan.models import load_model
 from anime_dcgan.params import load_params
-from anime_dcgan.sampling import write_samples
-from anime_dcgan.stage import run_stage
 from anime_dcgan.tracking import Tracker
+from anime_dcgan.training.networks import load_model
+from anime_dcgan.training.sample import write_samples
+from anime_dcgan.util.stage import run_stage
 
 GENERATORS = {"ema": "generator_ema.pt", "raw": "generator.pt"}
 
 
 def main() -> None:
     params = load_params()
-    generator = load_model(layout.MODELS_DIR / GENERATORS[params.sample_source], pick_device(params.device))
-    pictures = write_samples(generator, params.n_samples, layout.PROGRESS_DIR, layout.SAMPLES_DIR)
-    run = Tracker().run_for_training(json.loads(layout.TRAIN_JSON.read_text())["mlflow_run_id"])
+    generator = load_model(paths.MODELS_DIR / GENERATORS[params.sample_source], pick_device(params.device))
+    pictures = write_samples(generator, params.n_samples, paths.PROGRESS_DIR, paths.SAMPLES_DIR)
+    run = Tracker().run_for_training(json.loads(paths.TRAIN_JSON.read_text())["mlflow_run_id"])
     for path in pictures.values():
         run.log_artifact(path, "samples")
     print(f"generate: {params.n_samples} samples from the {params.sample_source} generator in "
-          f"{layout.SAMPLES_DIR}/; logged to MLflow run {run.run_id}")
+          f"{paths.SAMPLES_DIR}/; logged to MLflow run {run.run_id}")
 
 
 if __name__ == "__main__":

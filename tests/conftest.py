@@ -9,7 +9,7 @@ pytest_plugins = ["http_fixtures", "project_repo"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE_ZIP = Path(
-    os.environ.get("ANIME_FACES_SAMPLE_ZIP", REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip")
+    os.environ.get("ANIME_DCGAN_SAMPLE", REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip")
 )
 
 

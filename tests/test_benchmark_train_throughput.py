@@ -159,7 +159,7 @@ def test_verdicts_on_known_figures(capsys):
     assert "| project eager | fp32 | no | 80.0 | 80 |" in printed
     assert "| 52% |" in printed  # project: 260 images/s x 2 GFLOP of a 1 TFLOP/s limit
     assert "minor faults/step 40,000 -> 100" in printed
-    assert "weight gradients as convolutions (anime_dcgan.layers): 1.30x" in printed
+    assert "weight gradients as convolutions (anime_dcgan.training.cpu_ops): 1.30x" in printed
     assert "  project: 1.80 -> 1.80, 1.80 -> 1.25\n" in printed  # round by round
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anime_dcgan.device import pick_runtime, supports_bf16
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from anime_dcgan.data.download import DownloadError, cached_file_path, download, fetch_json
 from http_fixtures import HttpTestServer
+
+from anime_dcgan.data.http import DownloadError, cached_file_path, download, fetch_json
 
 FAST = {"progress": False, "backoff_s": 0.01}
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+from project_repo import PROJECT, ProjectRepo, copy_repo
 
 from anime_dcgan.tracking import flatten
-from project_repo import PROJECT, ProjectRepo, copy_repo
 
 UPSTREAM_STAGES = {"download", "preprocess", "fid_reference", "attribute_classifier"}
 TRAIN_AND_AFTER = {"train", "generate", "evaluate"}
@@ -252,7 +252,9 @@ def test_exp_run_set_param_reruns_training_and_records_the_experiment(history: E
     assert first.evaluation["mlflow_run_id"] == run_id  # generate and evaluate logged into the training run
     assert first.runs_after - first.runs_before == {run_id}
     run = repo.mlflow().get_run(run_id)
-    assert run.data.params["lr"] == "0.0002"
+    # lr moves both networks: the discriminator at lr, the generator at lr x lr_g_scale
+    assert (run.data.params["lr"], run.data.params["lr_discriminator"]) == ("0.0002", "0.0002")
+    assert float(run.data.params["lr_generator"]) == 0.0002 * float(run.data.params["lr_g_scale"])
     assert run.info.status == "FINISHED"
     assert run.info.run_name == first.name
 

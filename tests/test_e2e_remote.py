@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from anime_dcgan.models import load_model
-from anime_dcgan.sampling import generate_for_seeds
 from project_repo import ProjectRepo, repo_env
 from servers import free_port, start_in_session, stop_group, wait_for_http
+
+from anime_dcgan.training.networks import load_model
+from anime_dcgan.training.sample import generate_for_seeds
 
 pytestmark = pytest.mark.e2e
 

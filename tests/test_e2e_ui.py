@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
 from project_repo import PROJECT, ProjectRepo, make_project_repo
 from servers import free_port, log_tail, start_in_session, stop_group, wait_for_http
 

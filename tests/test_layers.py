@@ -1,11 +1,17 @@
 """The layers next to the 4x4 map compute their weight gradient as a convolution over the batch:
 the same values as PyTorch's own layers, in the same dtypes and layouts."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from anime_dcgan.layers import Conv2dTo4x4, ConvTranspose2dFrom4x4, _ConvWithWeightGradAsConv
+from anime_dcgan.training.cpu_ops import (
+    Conv2dTo4x4,
+    ConvTranspose2dFrom4x4,
+    _ConvWithWeightGradAsConv,
+)
 
 
 def _pair(transposed: bool, in_channels: int, out_channels: int, memory_format) -> tuple[nn.Module, nn.Module]:
@@ -81,3 +87,30 @@ def test_frozen_weight_and_constant_input_get_no_gradient():
     layer.requires_grad_(True)
     layer(torch.randn(2, 4, 8, 8)).sum().backward()
     assert layer.weight.grad is not None
+
+
+def test_the_loop_swaps_in_exactly_the_two_layers_next_to_the_4x4_map_and_nothing_changes_but_speed():
+    from anime_dcgan.training.cpu_ops import use_cpu_kernels
+    from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
+
+    config = ModelConfig("article", image_size=32, nz=8, ngf=4, ndf=4)
+    torch.manual_seed(0)
+    generator, discriminator = Generator(config), Discriminator(config)
+    plain_g, plain_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    rng_before = torch.get_rng_state()
+    use_cpu_kernels(generator, discriminator)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no weights drawn: training's RNG is untouched
+    swapped = [(name, type(m)) for net in (generator, discriminator) for name, m in net.named_modules()
+               if isinstance(m, (Conv2dTo4x4, ConvTranspose2dFrom4x4))]
+    assert swapped == [("net.3", ConvTranspose2dFrom4x4), ("net.5", Conv2dTo4x4)]
+    assert generator.state_dict().keys() == plain_g.state_dict().keys()
+
+    z = torch.randn(3, 8, 1, 1)
+    fake, plain_fake = generator(z), plain_g(z)                             # (3, 3, 32, 32)
+    torch.testing.assert_close(fake, plain_fake)
+    discriminator(fake).sum().backward()
+    plain_d(plain_fake).sum().backward()
+    for (name, p), q in zip(discriminator.named_parameters(), plain_d.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for (name, p), q in zip(generator.named_parameters(), plain_g.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -5,9 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from anime_dcgan.metrics.attributes import (load_attribute_classifier, mode_coverage, predict_attributes,
-                                            save_attribute_classifier, train_attribute_classifier)
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.attributes import (
+    load_attribute_classifier,
+    mode_coverage,
+    predict_attributes,
+    save_attribute_classifier,
+    train_attribute_classifier,
+)
 
 HAIR = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 EYES = {"dark": (20, 20, 20), "white": (250, 250, 250), "cyan": (30, 220, 230)}

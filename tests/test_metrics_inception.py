@@ -9,10 +9,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anime_dcgan.metrics.fid import feature_statistics, frechet_distance
-from anime_dcgan.metrics.inception import (InceptionWeightsError, check_weights_file, inception_features,
-                                           inception_weights_path, load_inception, resize_bilinear_tf1,
-                                           tf1_bilinear_matrix)
+from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance
+from anime_dcgan.evaluation.inception import (
+    InceptionWeightsError,
+    check_weights_file,
+    inception_features,
+    inception_weights_path,
+    load_inception,
+    resize_bilinear_tf1,
+    tf1_bilinear_matrix,
+)
 
 
 def arithmetic_patterns(size: int = 16) -> np.ndarray:

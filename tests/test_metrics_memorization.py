@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from anime_dcgan.metrics.memorization import closest_pairs, memorization
+from anime_dcgan.evaluation.memorization import closest_pairs, memorization
 
 
 def test_copies_of_real_images_are_flagged():

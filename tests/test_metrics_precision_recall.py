@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from anime_dcgan.metrics import neighbours
-from anime_dcgan.metrics.precision_recall import manifold_radii, precision_recall
+from anime_dcgan.evaluation import neighbours
+from anime_dcgan.evaluation.precision_recall import manifold_radii, precision_recall
 
 
 def two_clusters(rng: np.random.Generator, per_cluster: int, dim: int = 8) -> np.ndarray:

@@ -5,11 +5,21 @@ import pytest
 from test_metrics_attributes import pattern_images
 from test_metrics_swd import blob_images
 
-from anime_dcgan.metrics import (METRICS, EvalInputs, compute_metrics, compute_reference, count_label,
-                                 default_metric_names, load_reference, save_reference,
-                                 train_attribute_classifier)
-from anime_dcgan.metrics.reference import PROTOCOL
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.attributes import train_attribute_classifier
+from anime_dcgan.evaluation.reference import (
+    PROTOCOL,
+    compute_reference,
+    load_reference,
+    save_reference,
+)
+from anime_dcgan.evaluation.registry import (
+    METRICS,
+    EvalInputs,
+    compute_metrics,
+    count_label,
+    default_metric_names,
+)
 
 
 @pytest.mark.parametrize(("count", "label"), [(1000, "1k"), (2000, "2k"), (5000, "5k"), (50_000, "50k"),

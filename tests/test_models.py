@@ -1,10 +1,17 @@
 import pytest
 import torch
 
-from anime_dcgan.models import Discriminator, Generator, ModelConfig, load_model, model_summary, save_model
+from anime_dcgan.training.networks import (
+    Discriminator,
+    Generator,
+    ModelConfig,
+    load_model,
+    model_summary,
+    save_model,
+)
 
 
-@pytest.mark.parametrize("arch", ["seed", "dcgan"])
+@pytest.mark.parametrize("arch", ["article", "dcgan"])
 @pytest.mark.parametrize("image_size", [16, 32, 64])
 def test_shapes(arch, image_size):
     config = ModelConfig(arch=arch, image_size=image_size, nz=20, ngf=8, ndf=8)
@@ -15,9 +22,9 @@ def test_shapes(arch, image_size):
     assert Discriminator(config)(images).shape == (5, 1)
 
 
-def test_seed_architecture_matches_the_article():
+def test_article_architecture_matches_the_article():
     """512@4x4 -> 256@8x8 -> 128@16x16 -> 64@32x32 -> extra 3x3 conv (64) -> 3@64x64."""
-    generator = Generator(ModelConfig("seed"))
+    generator = Generator(ModelConfig("article"))
     shapes, x = [], torch.randn(2, 100, 1, 1)
     for layer in generator.net:
         x = layer(x)
@@ -33,7 +40,7 @@ def test_seed_architecture_matches_the_article():
     assert all(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2
                for m in generator.net if isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU)))
 
-    discriminator = Discriminator(ModelConfig("seed"))
+    discriminator = Discriminator(ModelConfig("article"))
     convs = [m.out_channels for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [64, 128, 256, 512]
     assert isinstance(discriminator.net[-1], torch.nn.Linear) and discriminator.net[-1].in_features == 512 * 16
@@ -53,7 +60,7 @@ def test_dcgan_architecture_is_pytorch_examples():
 
 
 def test_summary_lists_layers_with_shapes_and_params():
-    text = model_summary(Generator(ModelConfig("seed")))
+    text = model_summary(Generator(ModelConfig("article")))
     assert "ConvTranspose2d" in text and "[1, 512, 4, 4]" in text and "[1, 3, 64, 64]" in text
     assert "Total params" in text
 

@@ -25,7 +25,7 @@ def test_the_project_params_file_is_the_documented_defaults_with_a_reason_for_ea
     ("steps: 1000.0", "steps", 1000),
     ("compile: false", "compile", False),
     ("compile: auto", "compile", "auto"),
-    ("lr_d: null", "lr_d", None),
+    ("lr_g_scale: 1", "lr_g_scale", 1.0),
 ])
 def test_accepts_the_forms_users_write(written, key, expected):
     params = parse_params(yaml.safe_load(written))
@@ -43,7 +43,8 @@ def test_accepts_the_forms_users_write(written, key, expected):
     ({"data": {"image_size": 48}}, "data.image_size: must be a power of two (16, 32, 64, 128 or 256) (got 48)"),
     ({"data": {"synthetic_count": 0}}, "data.synthetic_count: Input should be greater than or equal to 1 (got 0)"),
     ({"data": {"sha256": "abc"}}, "data.sha256: String should match pattern"),
-    ({"arch": "resnet"}, "arch: Input should be 'seed' or 'dcgan' (got 'resnet')"),
+    ({"arch": "resnet"}, "arch: Input should be 'article' or 'dcgan' (got 'resnet')"),
+    ({"lr_d": 0.0001}, "lr_d: no longer a parameter: lr is now the learning rate of both networks and lr_g_scale"),
     ({"label_noise": 0.7}, "label_noise: Input should be less than 0.5 (got 0.7)"),
     ({"n_samples": 10, "fid_samples": 100}, "fid_samples: must not exceed n_samples (10)"),
     ({"data": 5}, "data: Input should be a valid dictionary"),
@@ -78,7 +79,27 @@ def test_an_empty_file_means_all_defaults(tmp_path):
     assert load_params(tmp_path / "params.yaml") == Params()
 
 
-def test_lr_drives_both_networks_when_lr_d_is_null():
-    assert parse_params({}).lr_discriminator == 0.00015  # the default: the generator learns 2x faster
-    assert parse_params({"lr": 0.0003, "lr_d": None}).lr_discriminator == 0.0003
-    assert parse_params({"lr": 0.0003, "lr_d": 0.0001}).lr_discriminator == 0.0001
+def test_lr_moves_both_networks_and_the_generator_learns_at_lr_g_scale_times_it():
+    default = parse_params({}).optim
+    # the default recipe's rates: the discriminator at the article's 0.00015, the generator at 2x
+    assert (default.lr_d, default.lr_g) == (0.00015, 0.0003)
+    changed = parse_params({"lr": 0.0002}).optim
+    assert (changed.lr_d, changed.lr_g) == (0.0002, 0.0004)
+    assert parse_params({"lr": 0.0002, "lr_g_scale": 1}).optim.lr_g == 0.0002
+
+
+def test_the_old_architecture_name_is_accepted_with_a_message_naming_the_new_one(capsys):
+    assert parse_params({"arch": "seed"}).arch == "article"
+    assert "arch: 'seed' is the old name of 'article'; write arch: article" in capsys.readouterr().err
+
+
+def test_each_section_is_a_typed_config_holding_exactly_its_keys():
+    from anime_dcgan.params import EvaluationParams, LoopParams, ModelParams, OptimParams, RuntimeParams
+
+    params = parse_params({"ngf": 32, "steps": 7, "lr": 0.001, "device": "cpu", "n_samples": 9, "fid_samples": 9})
+    sections = [params.model, params.optim, params.loop, params.runtime, params.evaluation]
+    assert [type(s) for s in sections] == [ModelParams, OptimParams, LoopParams, RuntimeParams, EvaluationParams]
+    assert (params.model.ngf, params.loop.steps, params.optim.lr, params.runtime.device,
+            params.evaluation.n_samples) == (32, 7, 0.001, "cpu", 9)
+    keys = [key for section in sections for key in type(section).model_fields]
+    assert len(keys) == len(set(keys)) and set(keys) | {"seed", "data"} == set(Params.model_fields)

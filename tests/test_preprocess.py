@@ -22,8 +22,13 @@ import psutil
 import pytest
 from PIL import Image
 
-from anime_dcgan.data.preprocess import (PreprocessError, PreprocessSummary, _ImageRows, preprocess_images,
-                                         resize_and_crop)
+from anime_dcgan.data.preprocess import (
+    PreprocessError,
+    PreprocessSummary,
+    _ImageRows,
+    preprocess_images,
+    resize_and_crop,
+)
 
 OUTPUT_FILES = ["images.npy", "manifest.csv", "rejected.csv"]
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -421,7 +426,7 @@ import sys
 from pathlib import Path
 
 from anime_dcgan.data.preprocess import preprocess_images
-from anime_dcgan.stage import run_stage
+from anime_dcgan.util.stage import run_stage
 
 if __name__ == "__main__":
     run_stage("preprocess", lambda: preprocess_images(Path(sys.argv[1]), Path(sys.argv[2]), 16, 8, workers=2,

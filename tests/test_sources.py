@@ -13,12 +13,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from http_fixtures import HttpTestServer
 from PIL import Image
 
-from anime_dcgan.data.download import DownloadError
-from anime_dcgan.data.sources import FetchSummary, HubSource, SourceError, fetch_source
+from anime_dcgan.data.fetch import FetchSummary, fetch_source
+from anime_dcgan.data.readers.base import SourceError
+from anime_dcgan.data.readers.hub import HubSource
+from anime_dcgan.data.http import DownloadError
 from anime_dcgan.params import DataParams
-from http_fixtures import HttpTestServer
 
 
 def _image_bytes(index: int, fmt: str = "PNG") -> bytes:

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_dcgan.data.synthetic import (ATTRIBUTE_VALUES, draw_face, render_face, sample_attributes,
-                                        write_synthetic_dataset)
+from anime_dcgan.data.synthetic import (
+    ATTRIBUTE_VALUES,
+    draw_face,
+    render_face,
+    sample_attributes,
+    write_synthetic_dataset,
+)
 
 # more than one worker task (64 images each), so two workers really split the work
 MULTI_TASK_COUNT = 130

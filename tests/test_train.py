@@ -15,15 +15,15 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from anime_dcgan import checkpoint as ckpt
-from anime_dcgan import train as train_module
-from anime_dcgan.models import load_model
+from anime_dcgan.training import loop as train_module
 from anime_dcgan.params import parse_params
 from anime_dcgan.tracking import Tracker
-from anime_dcgan.train import DivergenceError, TrainOutputs, train
+from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training.loop import DivergenceError, TrainOutputs, train
+from anime_dcgan.training.networks import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"arch": "seed", "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 8, "steps": 12, "log_every": 2,
+TINY = {"arch": "article", "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 8, "steps": 12, "log_every": 2,
         "sample_every": 4, "checkpoint_every": 4, "n_samples": 8, "fid_samples": 8,
         "precision": "fp32", "compile": False, "device": "cpu"}
 
@@ -79,7 +79,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     # the weights moved away from their initialisation, and the EMA differs from the raw generator
     train_module.seed_everything(0)
     initial = train_module.build_gan(load_model(root / "models/generator.pt").config,
-                                     train_module.gan_config(parse_params(TINY)), torch.device("cpu"))
+                                     parse_params(TINY).optim, torch.device("cpu"))
     trained = load_model(root / "models/generator.pt")
     ema = load_model(root / "models/generator_ema.pt")
     first = "net.0.weight"
@@ -92,7 +92,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     assert recorded == summary and recorded["resumed_from_step"] == 0
     run = client(root).get_run(recorded["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["lr"] == "0.0003" and run.data.params["data.source"] == "synthetic"
+    assert run.data.params["lr"] == "0.00015" and run.data.params["lr_generator"] == "0.0003" and run.data.params["data.source"] == "synthetic"
     history = client(root).get_metric_history(run.info.run_id, "loss_g")
     assert [m.step for m in history] == [2, 4, 6, 8, 10, 12]
     assert [round(m.value, 5) for m in history] == [round(v, 5) for v in losses.loss_g]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
 
@@ -63,47 +71,82 @@ class DataParams(_Strict):
     _check_size = field_validator("image_size")(_power_of_two)
 
 
-class Params(_Strict):
-    """The whole of params.yaml. Training tunables are top-level so `dvc exp run -S lr=...` works."""
+# the article's architecture was called `seed` until it collided with the `seed` parameter
+_RENAMED_ARCH = {"seed": "article"}
+_REMOVED_KEYS = {
+    "lr_d": "lr is now the learning rate of both networks and lr_g_scale the generator's multiple of it "
+            "(the generator learns at lr x lr_g_scale); remove lr_d",
+}
 
-    seed: Int = Field(0, ge=0, le=2**31 - 1)
-    data: DataParams = DataParams()
 
-    # model
-    arch: Literal["seed", "dcgan"] = "seed"
+def _renamed_arch(value: Any) -> Any:
+    if value in _RENAMED_ARCH:
+        print(f"params.yaml: arch: {value!r} is the old name of {_RENAMED_ARCH[value]!r}; write "
+              f"arch: {_RENAMED_ARCH[value]}", file=sys.stderr)
+        return _RENAMED_ARCH[value]
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+class ModelParams(_Strict):
+    """The networks (training/networks.py)."""
+
+    arch: Annotated[Literal["article", "dcgan"], BeforeValidator(_renamed_arch)] = "article"
     nz: Int = Field(100, ge=1, le=4096)
     ngf: Int = Field(64, ge=1, le=1024)
     ndf: Int = Field(64, ge=1, le=1024)
 
-    # optimisation
-    steps: Int = Field(1000, ge=1)
+
+class OptimParams(_Strict):
+    """The GAN optimisation (training/step.py)."""
+
     batch_size: Int = Field(64, ge=2, le=65_536)
-    lr: Float = Field(0.0003, gt=0, le=1)
-    lr_d: Float | None = Field(0.00015, gt=0, le=1)
+    lr: Float = Field(0.00015, gt=0, le=1)
+    lr_g_scale: Float = Field(2.0, gt=0, le=100)
     beta1: Float = Field(0.5, ge=0, lt=1)
     beta2: Float = Field(0.999, ge=0, lt=1)
     label_noise: Float = Field(0.2, ge=0, lt=0.5)
     ema_decay: Float = Field(0.999, ge=0, lt=1)
 
-    # loop
+    _check_finite = field_validator("lr", "lr_g_scale", "beta1", "beta2", "label_noise", "ema_decay")(_finite)
+
+    @property
+    def lr_d(self) -> float:
+        return self.lr
+
+    @property
+    def lr_g(self) -> float:
+        return self.lr * self.lr_g_scale
+
+
+class LoopParams(_Strict):
+    """The loop around the step (training/loop.py)."""
+
+    steps: Int = Field(1000, ge=1)
     log_every: Int = Field(25, ge=1)
     sample_every: Int = Field(100, ge=1)
     checkpoint_every: Int = Field(250, ge=1)
+
+
+class RuntimeParams(_Strict):
+    """Where and how the networks run (device.py)."""
+
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto"] | bool = "auto"
 
-    # generate / evaluate
+
+class EvaluationParams(_Strict):
+    """The generate and evaluate stages."""
+
     sample_source: Literal["ema", "raw"] = "ema"
     n_samples: Int = Field(2000, ge=1)
     fid_samples: Int = Field(1000, ge=2)
-
-    @field_validator("lr", "lr_d", "beta1", "beta2", "label_noise", "ema_decay")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
     @field_validator("fid_samples")
     @classmethod
@@ -114,16 +157,45 @@ class Params(_Strict):
                              "the first fid_samples of the generated samples")
         return value
 
-    @property
-    def lr_discriminator(self) -> float:
-        return self.lr if self.lr_d is None else self.lr_d
 
-    def train_config(self) -> dict[str, Any]:
+_SECTIONS = (ModelParams, OptimParams, LoopParams, RuntimeParams, EvaluationParams)
+_Section = TypeVar("_Section", bound=_Strict)
+
+
+class Params(*reversed(_SECTIONS)):
+    """The whole of params.yaml: `seed`, `data:` and the sections' keys, which stay top-level so that
+    `dvc exp run -S lr=...` works. Each section is the typed config of one component."""
+
+    seed: Int = Field(0, ge=0, le=2**31 - 1)
+    data: DataParams = DataParams()
+
+    def section(self, cls: type[_Section]) -> _Section:
+        return cls(**{key: getattr(self, key) for key in cls.model_fields})
+
+    @property
+    def model(self) -> ModelParams:
+        return self.section(ModelParams)
+
+    @property
+    def optim(self) -> OptimParams:
+        return self.section(OptimParams)
+
+    @property
+    def loop(self) -> LoopParams:
+        return self.section(LoopParams)
+
+    @property
+    def runtime(self) -> RuntimeParams:
+        return self.section(RuntimeParams)
+
+    @property
+    def evaluation(self) -> EvaluationParams:
+        return self.section(EvaluationParams)
+
+    def training_identity(self) -> dict[str, Any]:
         """The parameters that determine a training run (its identity for resuming)."""
-        keys = ("seed", "arch", "nz", "ngf", "ndf", "steps", "batch_size", "lr", "lr_d", "beta1",
-                "beta2", "label_noise", "ema_decay", "log_every", "sample_every", "checkpoint_every",
-                "device", "precision", "compile")
-        return {key: getattr(self, key) for key in keys}
+        return {"seed": self.seed, **self.model.model_dump(), **self.optim.model_dump(),
+                **self.loop.model_dump(), **self.runtime.model_dump()}
 
 
 def _known_keys(loc: tuple) -> list[str]:
@@ -135,6 +207,8 @@ def _known_keys(loc: tuple) -> list[str]:
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
+        if error["loc"] and error["loc"][-1] in _REMOVED_KEYS:
+            return f"{key}: no longer a parameter: {_REMOVED_KEYS[error['loc'][-1]]}"
         close = difflib.get_close_matches(str(error["loc"][-1]), _known_keys(error["loc"]), n=1)
         hint = f"did you mean {close[0]!r}?" if close else "see the parameter table in README.md"
         return f"{key}: unknown key (value {error['input']!r}); {hint}"

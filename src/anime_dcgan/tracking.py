@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from anime_dcgan.layout import repo_root
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.paths import repo_root
 
 EXPERIMENT_NAME = os.environ.get("MLFLOW_EXPERIMENT_NAME", "anime-dcgan")
 _BATCH_LIMIT = 1000  # MLflow's limit on metrics per log_batch call

@@ -38,9 +38,9 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from anime_dcgan.io import atomic_path
-from anime_dcgan.parallel import default_workers, ordered_map
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.util.io import atomic_path
+from anime_dcgan.util.parallel import default_workers, ordered_map
 
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.csv"

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
 
-from anime_dcgan.parallel import default_workers, ordered_map
+from anime_dcgan.util.parallel import default_workers, ordered_map
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]

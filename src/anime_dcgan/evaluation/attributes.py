@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anime_dcgan.io import atomic_torch_save
-from anime_dcgan.metrics.images import as_uint8_images
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.images import as_uint8_images
+from anime_dcgan.util.io import atomic_torch_save
 
 FILE_FORMAT = "anime_dcgan.attribute_classifier/1"
 

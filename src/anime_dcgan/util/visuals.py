@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from anime_dcgan.io import atomic_path
+from anime_dcgan.util.io import atomic_path
 
 
 def image_grid(images: np.ndarray | torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:

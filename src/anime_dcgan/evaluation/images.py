@@ -16,7 +16,7 @@ def as_uint8_images(images: np.ndarray | torch.Tensor, name: str = "images") -> 
         raise ValueError(f"{name} must be shaped (N, 3, H, W) with N >= 1, got {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 in [0, 255], got {images.dtype}; convert float images "
-                         "in [-1, 1] with anime_dcgan.sampling.to_uint8 first")
+                         "in [-1, 1] with anime_dcgan.training.sample.to_uint8 first")
     return images
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anime_dcgan.metrics.images import as_uint8_images, subsample
+from anime_dcgan.evaluation.images import as_uint8_images, subsample
 
 N_LEVELS = 3
 PATCH_SIZE = 7

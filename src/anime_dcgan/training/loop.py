@@ -21,17 +21,32 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from anime_dcgan import checkpoint as ckpt
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
-from anime_dcgan.gan import (STEP_METRICS, Gan, GanConfig, build_gan, draw_step_inputs, ema_decay_at,
-                             normalise, recalibrate_batchnorm, train_step)
-from anime_dcgan.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
-from anime_dcgan.models import ModelConfig, model_summary, save_model
+from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import Params
-from anime_dcgan.sampling import to_uint8
-from anime_dcgan.stage import PipelineError
 from anime_dcgan.tracking import Run, Tracker, provenance_tags, run_name
-from anime_dcgan.visuals import image_grid, save_png
+from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training.cpu_ops import use_cpu_kernels
+from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
+from anime_dcgan.training.sample import to_uint8
+from anime_dcgan.training.step import (
+    STEP_METRICS,
+    Gan,
+    build_gan,
+    draw_step_inputs,
+    ema_decay_at,
+    normalise,
+    recalibrate_batchnorm,
+    train_step,
+)
+from anime_dcgan.util.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+)
+from anime_dcgan.util.visuals import image_grid, save_png
 
 GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)
 COLLAPSE_DIVERSITY = 0.2       # fixed-noise diversity below this share of the real data's = collapse
@@ -73,11 +88,6 @@ def fixed_noise(nz: int, seed: int, device: torch.device) -> torch.Tensor:
     return torch.randn(GRID_SIZE, nz, 1, 1, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def gan_config(params: Params) -> GanConfig:
-    return GanConfig(lr_g=params.lr, lr_d=params.lr_discriminator, beta1=params.beta1,
-                     beta2=params.beta2, label_noise=params.label_noise)
-
-
 class _Interval:
     """Step metrics summed on the device over one logging interval."""
 
@@ -111,8 +121,7 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
     dataset = load_dataset(images_path, runtime.device)                    # (N, 3, S, S) uint8
-    model_config = ModelConfig(params.arch, dataset.shape[-1], params.nz, params.ngf, params.ndf)
-    identity = ckpt.run_identity({**params.train_config(), "image_size": model_config.image_size},
+    identity = ckpt.run_identity({**params.training_identity(), "image_size": dataset.shape[-1]},
                                  file_sha256(images_path))
     folder = checkpoint_root / identity
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,60 +132,9 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
         raise PipelineError(f"another training run with the same parameters and data is running "
                            f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
-        return _train_locked(params, runtime, dataset, model_config, folder, identity, outputs,
-                             tracker, progress)
+        return _Training(params, runtime, dataset, folder, progress).run(tracker, outputs)
     finally:
         lock.release()
-
-
-def _train_locked(params: Params, runtime: Runtime, dataset: torch.Tensor, model_config: ModelConfig,
-                  folder: Path, identity: str, outputs: TrainOutputs, tracker: Tracker,
-                  progress: bool) -> dict[str, Any]:
-    seed_everything(params.seed)
-    gan = build_gan(model_config, gan_config(params), runtime.device)
-    state = ckpt.load_checkpoint(folder)
-    start_step, history = 0, []
-    interval = _Interval(params.log_every, runtime.device)
-    tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": identity}
-    if state is not None:
-        _load_state(gan, state)
-        ckpt.restore_rng_state(state["rng"])
-        start_step, history = state["step"], state["history"]
-        interval.total.copy_(state["interval_total"])
-        interval.count = state["interval_count"]
-        tracker.mark_killed_if_running(state["mlflow_run_id"])
-        tags |= {"anime_dcgan.resumed_from_step": str(start_step),
-                 "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
-
-    summaries = "\n\n".join(model_summary(m) for m in (gan.generator, gan.discriminator))
-    print(summaries)
-    print(f"train: {len(dataset):,} images of {model_config.image_size}x{model_config.image_size} on "
-          f"{runtime.device.type}, {runtime.precision}{', compiled' if runtime.compile else ''}; "
-          + (f"resuming at step {start_step} of {params.steps}" if start_step else f"{params.steps} steps"))
-
-    with tracker.start_run(run_name(), tags) as run:
-        run.log_params(params.model_dump())
-        run.log_params({"runtime.device": runtime.device.type, "runtime.precision": runtime.precision,
-                        "runtime.compile": runtime.compile, "data.n_images": len(dataset)})
-        run.log_text(summaries, "model_summary.txt")
-        if history:  # the resumed run carries the whole curve, not only the part after the restart
-            run.log_metrics((row["step"], _metrics_only(row)) for row in history)
-        loop = _Loop(params, runtime, gan, dataset, folder, run, history, interval, progress)
-        seconds = loop.run(start_step)
-        return _export(params, runtime, gan, model_config, folder, outputs, run, history, seconds,
-                       start_step, loop.collapse_warning, summaries)
-
-
-def _metrics_only(row: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if k != "step"}
-
-
-def _load_state(gan: Gan, state: dict[str, Any]) -> None:
-    gan.generator.load_state_dict(state["generator"])
-    gan.discriminator.load_state_dict(state["discriminator"])
-    gan.ema.load_state_dict(state["ema"])
-    gan.opt_g.load_state_dict(state["opt_g"])
-    gan.opt_d.load_state_dict(state["opt_d"])
 
 
 def networks_for_steps(gan: Gan, runtime: Runtime) -> Gan:
@@ -195,42 +153,97 @@ def begin_step(runtime: Runtime) -> None:
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
 
 
-class _Loop:
-    def __init__(self, params: Params, runtime: Runtime, gan: Gan, dataset: torch.Tensor, folder: Path,
-                 run: Run, history: list[dict[str, float]], interval: _Interval, progress: bool):
-        self.params, self.runtime, self.gan, self.dataset = params, runtime, gan, dataset
-        self.folder, self.mlflow_run, self.history, self.interval = folder, run, history, interval
-        self.progress = progress
+def _metrics_only(row: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k != "step"}
+
+
+class _Training:
+    """One training run: its networks, checkpoint folder (named by the run identity), MLflow run and
+    loss history."""
+
+    def __init__(self, params: Params, runtime: Runtime, dataset: torch.Tensor, folder: Path, progress: bool):
+        self.params, self.runtime, self.dataset, self.folder, self.progress = params, runtime, dataset, folder, progress
+        self.optim, self.loop = params.optim, params.loop
+        self.model_config = ModelConfig.from_params(params.model, dataset.shape[-1])
+        seed_everything(params.seed)
+        self.gan = build_gan(self.model_config, self.optim, runtime.device)
+        # summaries of the plain networks, before the CPU kernels are swapped in
+        self.summaries = "\n\n".join(model_summary(m) for m in (self.gan.generator, self.gan.discriminator))
+        if runtime.device.type == "cpu":
+            use_cpu_kernels(self.gan.generator, self.gan.discriminator)
+        self.interval = _Interval(self.loop.log_every, runtime.device)
+        self.history: list[dict[str, float]] = []
         self.pending: list[tuple[int, dict[str, float]]] = []   # metrics not yet sent to MLflow
         self.collapse_warning = ""
-        self.z_fixed = fixed_noise(params.nz, params.seed, runtime.device)
-        with torch.no_grad():
-            self.real_diversity = float(normalise(dataset[:GRID_SIZE]).std(dim=0).mean())
-        self.step_gan = networks_for_steps(gan, runtime)
+        self.start_step = 0
+        self.mlflow_run: Run | None = None
 
-    def run(self, start_step: int) -> float:
-        p = self.params
-        bar = tqdm(total=p.steps, initial=start_step, desc="train", unit="step", disable=not self.progress)
+    def run(self, tracker: Tracker, outputs: TrainOutputs) -> dict[str, Any]:
+        tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": self.folder.name}
+        state = ckpt.load_checkpoint(self.folder)
+        if state is not None:
+            self._load_state(state)
+            tracker.mark_killed_if_running(state["mlflow_run_id"])
+            tags |= {"anime_dcgan.resumed_from_step": str(self.start_step),
+                     "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
+        print(self.summaries)
+        size, steps = self.model_config.image_size, self.loop.steps
+        print(f"train: {len(self.dataset):,} images of {size}x{size} on {self.runtime.device.type}, "
+              f"{self.runtime.precision}{', compiled' if self.runtime.compile else ''}; "
+              + (f"resuming at step {self.start_step} of {steps}" if self.start_step else f"{steps} steps"))
+
+        with tracker.start_run(run_name(), tags) as run:
+            self.mlflow_run = run
+            run.log_params(self.params.model_dump())
+            run.log_params({"lr_generator": self.optim.lr_g, "lr_discriminator": self.optim.lr_d,
+                            "runtime.device": self.runtime.device.type, "runtime.precision": self.runtime.precision,
+                            "runtime.compile": self.runtime.compile, "data.n_images": len(self.dataset)})
+            run.log_text(self.summaries, "model_summary.txt")
+            if self.history:  # the resumed run carries the whole curve, not only the part after the restart
+                run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
+            seconds = self._steps()
+            return self._export(outputs, seconds)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        gan = self.gan
+        gan.generator.load_state_dict(state["generator"])
+        gan.discriminator.load_state_dict(state["discriminator"])
+        gan.ema.load_state_dict(state["ema"])
+        gan.opt_g.load_state_dict(state["opt_g"])
+        gan.opt_d.load_state_dict(state["opt_d"])
+        ckpt.restore_rng_state(state["rng"])
+        self.start_step, self.history = state["step"], state["history"]
+        self.interval.total.copy_(state["interval_total"])
+        self.interval.count = state["interval_count"]
+
+    def _steps(self) -> float:
+        """Train from start_step to the last step; returns the seconds it took."""
+        loop, optim, runtime = self.loop, self.optim, self.runtime
+        z_fixed = fixed_noise(self.model_config.nz, self.params.seed, runtime.device)
+        with torch.no_grad():
+            real_diversity = float(normalise(self.dataset[:GRID_SIZE]).std(dim=0).mean())
+        step_gan = networks_for_steps(self.gan, runtime)
+        bar = tqdm(total=loop.steps, initial=self.start_step, desc="train", unit="step", disable=not self.progress)
         started = time.perf_counter()
-        for step in range(start_step + 1, p.steps + 1):
-            begin_step(self.runtime)
-            indices, z, targets = draw_step_inputs(len(self.dataset), p.batch_size, p.nz, p.label_noise,
-                                                   self.runtime.device)
-            metrics = train_step(self.step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
-                                 ema_decay_at(step, p.ema_decay))
+        for step in range(self.start_step + 1, loop.steps + 1):
+            begin_step(runtime)
+            indices, z, targets = draw_step_inputs(len(self.dataset), optim.batch_size, self.model_config.nz,
+                                                   optim.label_noise, runtime.device)
+            metrics = train_step(step_gan, self.dataset, indices, z, targets, runtime.autocast(),
+                                 ema_decay_at(step, optim.ema_decay))
             self.interval.add(metrics)
             bar.update()
-            last = step == p.steps
-            if step % p.log_every == 0 or last:
+            last = step == loop.steps
+            if step % loop.log_every == 0 or last:
                 row = {"step": step, **self._read_interval(step)}
                 self.history.append(row)
                 self.pending.append((step, _metrics_only(row)))
                 bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
-            if step % p.sample_every == 0 or last:
-                self._progress_grid(step)
+            if step % loop.sample_every == 0 or last:
+                self._progress_grid(step, z_fixed, real_diversity)
                 self.mlflow_run.log_metrics(self.pending)
                 self.pending = []
-            if step % p.checkpoint_every == 0 or last:
+            if step % loop.checkpoint_every == 0 or last:
                 self._check_finite(step)
                 self._save_checkpoint(step)
         bar.close()
@@ -246,7 +259,7 @@ class _Loop:
                     if saved else "no checkpoint had been written yet")
             raise DivergenceError(
                 f"training diverged: a loss became NaN or infinite at {exc}; {kept}. Rerunning the same "
-                f"parameters repeats the run; lower lr (now {self.params.lr}), raise label_noise, or use "
+                f"parameters repeats the run; lower lr (now {self.optim.lr}), raise label_noise, or use "
                 "precision: fp32 to change it."
             ) from None
 
@@ -257,17 +270,17 @@ class _Loop:
                 self._read_interval(step)
 
     @torch.no_grad()
-    def _progress_grid(self, step: int) -> None:
+    def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> None:
         G = self.gan.generator
         G.eval()  # running statistics: no side effect on training, no dependence on the grid's batch
         with self.runtime.autocast():
-            samples = G(self.z_fixed).float()                               # (64, 3, S, S)
+            samples = G(z_fixed).float()                                    # (64, 3, S, S)
         G.train()
         image = image_grid(to_uint8(samples).cpu())
         save_png(image, self.folder / "progress" / f"step_{step:06d}.png")
         self.mlflow_run.log_image(image, key="progress", step=step)
         # collapse monitor: spread of the fixed-noise samples relative to real images' spread
-        diversity = float(samples.std(dim=0).mean()) / max(self.real_diversity, 1e-8)
+        diversity = float(samples.std(dim=0).mean()) / max(real_diversity, 1e-8)
         d_accuracy = self.history[-1]["d_accuracy"] if self.history else float("nan")
         self.pending.append((step, {"fixed_noise_diversity": diversity}))
         if diversity < COLLAPSE_DIVERSITY and not self.collapse_warning:
@@ -286,44 +299,42 @@ class _Loop:
             "interval_count": self.interval.count, "mlflow_run_id": self.mlflow_run.run_id,
         })
 
+    def _export(self, outputs: TrainOutputs, seconds: float) -> dict[str, Any]:
+        """Write the DVC outputs of the stage and log them to MLflow."""
+        gan, run, steps, batch_size = self.gan, self.mlflow_run, self.loop.steps, self.optim.batch_size
+        seed = self.params.seed + 1  # standing statistics noise: not the training or the grid noise
+        ema = recalibrate_batchnorm(gan.ema, STANDING_STATS_BATCHES, batch_size, seed)
+        generator = recalibrate_batchnorm(gan.generator, STANDING_STATS_BATCHES, batch_size, seed)
+        outputs.models_dir.mkdir(parents=True, exist_ok=True)
+        save_model(generator, outputs.models_dir / "generator.pt")
+        save_model(ema, outputs.models_dir / "generator_ema.pt")
+        save_model(gan.discriminator.eval(), outputs.models_dir / "discriminator.pt")
+        atomic_write_text(outputs.models_dir / "summary.txt", self.summaries + "\n")
 
-def _export(params: Params, runtime: Runtime, gan: Gan, model_config: ModelConfig, folder: Path,
-            outputs: TrainOutputs, run: Run, history: list[dict[str, float]], seconds: float,
-            start_step: int, collapse_warning: str, summaries: str) -> dict[str, Any]:
-    """Write the DVC outputs of the stage and log them to MLflow."""
-    seed = params.seed + 1  # standing statistics noise: not the training or the grid noise
-    ema = recalibrate_batchnorm(gan.ema, STANDING_STATS_BATCHES, params.batch_size, seed)
-    generator = recalibrate_batchnorm(gan.generator, STANDING_STATS_BATCHES, params.batch_size, seed)
-    outputs.models_dir.mkdir(parents=True, exist_ok=True)
-    save_model(generator, outputs.models_dir / "generator.pt")
-    save_model(ema, outputs.models_dir / "generator_ema.pt")
-    save_model(gan.discriminator.eval(), outputs.models_dir / "discriminator.pt")
-    atomic_write_text(outputs.models_dir / "summary.txt", summaries + "\n")
-
-    with atomic_dir(outputs.progress_dir) as staging:  # the grids, kept across a resume, become the output
-        for grid in (folder / "progress").iterdir():
-            shutil.copy2(grid, staging)
-    _write_losses(outputs.losses_csv, history)
-    trained_steps = params.steps - start_step
-    summary = {
-        "steps": params.steps,
-        "resumed_from_step": start_step,
-        "train_seconds": round(seconds, 2),
-        "images_per_second": round(trained_steps * params.batch_size / seconds, 1) if seconds else 0.0,
-        "device": runtime.device.type,
-        "precision": runtime.precision,
-        "compiled": runtime.compile,
-        "peak_rss_mb": round(peak_rss_bytes() / 2**20),  # of the whole stage process so far
-        "collapse_warning": collapse_warning,
-        "mlflow_run_id": run.run_id,
-        **{f"final_{k}": round(v, 5) for k, v in _metrics_only(history[-1]).items()},
-    }
-    atomic_write_json(outputs.summary_json, summary)
-    run.log_metrics([(params.steps, {"images_per_second": summary["images_per_second"]})])
-    run.log_artifact(outputs.models_dir, "models")
-    run.log_artifact(outputs.losses_csv, "metrics")
-    ckpt.remove_checkpoints(folder)
-    return summary
+        with atomic_dir(outputs.progress_dir) as staging:  # the grids, kept across a resume, become the output
+            for grid in (self.folder / "progress").iterdir():
+                shutil.copy2(grid, staging)
+        _write_losses(outputs.losses_csv, self.history)
+        trained_steps = steps - self.start_step
+        summary = {
+            "steps": steps,
+            "resumed_from_step": self.start_step,
+            "train_seconds": round(seconds, 2),
+            "images_per_second": round(trained_steps * batch_size / seconds, 1) if seconds else 0.0,
+            "device": self.runtime.device.type,
+            "precision": self.runtime.precision,
+            "compiled": self.runtime.compile,
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20),  # of the whole stage process so far
+            "collapse_warning": self.collapse_warning,
+            "mlflow_run_id": run.run_id,
+            **{f"final_{k}": round(v, 5) for k, v in _metrics_only(self.history[-1]).items()},
+        }
+        atomic_write_json(outputs.summary_json, summary)
+        run.log_metrics([(steps, {"images_per_second": summary["images_per_second"]})])
+        run.log_artifact(outputs.models_dir, "models")
+        run.log_artifact(outputs.losses_csv, "metrics")
+        ckpt.remove_checkpoints(self.folder)
+        return summary
 
 
 def _write_losses(path: Path, history: list[dict[str, float]]) -> None:

@@ -1,5 +1,5 @@
-"""What every DVC stage script shares: parameters checked first, Ctrl-C and SIGTERM handled, and the
-errors a user can fix printed as one clear message rather than a traceback."""
+"""What every DVC stage script shares: Ctrl-C and SIGTERM handled, and the errors a user can fix
+printed as one clear message rather than a traceback."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-
-class PipelineError(Exception):
-    """A problem the user can fix (bad input data, bad parameters, an unreachable server...):
-    the stage prints the message, which says what is wrong and what to do, and exits with status 1."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: runs end KILLED and temporary files are removed."""
+from anime_dcgan.errors import PipelineError, Terminated
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:

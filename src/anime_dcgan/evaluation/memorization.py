@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anime_dcgan.metrics.neighbours import as_feature_pair, kth_nearest
+from anime_dcgan.evaluation.neighbours import as_feature_pair, kth_nearest
 
 COPY_PERCENTILE = 1.0
 

@@ -18,24 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anime_dcgan.models import Discriminator, Generator, ModelConfig
+from anime_dcgan.params import OptimParams
+from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
 
 # indices into the tensor returned by train_step
 STEP_METRICS = ("loss_d_real", "loss_d_fake", "loss_g", "d_x", "d_g_z", "d_accuracy")
 
 
 @dataclass
-class GanConfig:
-    lr_g: float
-    lr_d: float
-    beta1: float
-    beta2: float
-    label_noise: float
-
-
-@dataclass
 class Gan:
-    config: GanConfig
+    config: OptimParams
     generator: Generator
     discriminator: Discriminator
     ema: Generator                        # exponential moving average of the generator's weights
@@ -43,7 +35,7 @@ class Gan:
     opt_d: torch.optim.Optimizer
 
 
-def build_gan(model: ModelConfig, config: GanConfig, device: torch.device) -> Gan:
+def build_gan(model: ModelConfig, config: OptimParams, device: torch.device) -> Gan:
     """Networks in channels_last (faster convolutions on CPU and tensor cores) and their optimisers."""
     generator = Generator(model).to(device, memory_format=torch.channels_last)
     discriminator = Discriminator(model).to(device, memory_format=torch.channels_last)

@@ -1,8 +1,8 @@
 """The two GAN architectures (`arch` parameter) and how they are saved and loaded.
 
-``seed``  -- the article's Keras DCGAN (Agarwal 2019): LeakyReLU(0.2) and BatchNorm(momentum 0.5)
+``article`` -- the article's Keras DCGAN (Agarwal 2019): LeakyReLU(0.2) and BatchNorm(momentum 0.5)
              throughout, an extra 3x3 convolution before the last upsampling, Glorot-uniform init.
-``dcgan`` -- Radford et al. 2016 as in pytorch/examples: ReLU generator, N(0, 0.02) init.
+``dcgan``   -- Radford et al. 2016 as in pytorch/examples: ReLU generator, N(0, 0.02) init.
 
 Both are fully convolutional and sized from ``image_size`` (a power of two >= 16): the generator
 doubles a 4x4 map log2(image_size) - 2 times; the discriminator halves the image down to 4x4.
@@ -19,18 +19,23 @@ from typing import Literal
 import torch
 from torch import nn
 
-from anime_dcgan.layers import Conv2dTo4x4, ConvTranspose2dFrom4x4
+from anime_dcgan.params import ModelParams
+from anime_dcgan.util.io import atomic_torch_save
 
-Arch = Literal["seed", "dcgan"]
+Arch = Literal["article", "dcgan"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Arch = "seed"
+    arch: Arch = "article"
     image_size: int = 64
     nz: int = 100    # length of the noise vector z
     ngf: int = 64    # generator feature maps at the last hidden layer
     ndf: int = 64    # discriminator feature maps at the first layer
+
+    @classmethod
+    def from_params(cls, model: ModelParams, image_size: int) -> ModelConfig:
+        return cls(model.arch, image_size, model.nz, model.ngf, model.ndf)
 
     @property
     def n_doublings(self) -> int:
@@ -41,10 +46,14 @@ class ModelConfig:
         return n
 
 
+# models saved before the article's architecture was renamed from `seed`
+_SAVED_ARCH_NAMES = {"seed": "article"}
+
+
 def _batch_norm(channels: int, arch: Arch) -> nn.BatchNorm2d:
     # Keras' momentum=0.5 keeps half of the running statistic per batch; PyTorch's momentum is the
     # weight of the new batch, 1 - 0.5 = 0.5. pytorch/examples keeps PyTorch's default 0.1.
-    return nn.BatchNorm2d(channels, momentum=0.5 if arch == "seed" else 0.1)
+    return nn.BatchNorm2d(channels, momentum=0.5 if arch == "article" else 0.1)
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -73,14 +82,13 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(config.nz, width, 4, 1, 0, bias=False),   # (B, 512, 4, 4)
             _batch_norm(width, arch), _activation(arch, True),
         ]
-        for i in range(n - 1):                                           # (B, 256, 8, 8) ... (B, 64, 32, 32)
-            upsample = ConvTranspose2dFrom4x4 if i == 0 else _conv_transpose
-            layers += [upsample(width, width // 2), _batch_norm(width // 2, arch), _activation(arch, True)]
+        for _ in range(n - 1):                                           # (B, 256, 8, 8) ... (B, 64, 32, 32)
+            layers += [_conv_transpose(width, width // 2), _batch_norm(width // 2, arch), _activation(arch, True)]
             width //= 2
-        if arch == "seed":                                               # the article's extra 3x3 conv
+        if arch == "article":                                               # the article's extra 3x3 conv
             layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False),     # (B, 64, 32, 32)
                        _batch_norm(width, arch), _activation(arch, True)]
-        layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=arch == "seed"),  # (B, 3, 64, 64)
+        layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=arch == "article"),  # (B, 3, 64, 64)
                    nn.Tanh()]
         self.net = nn.Sequential(*layers)
         _initialise(self, arch)
@@ -97,13 +105,12 @@ class Discriminator(nn.Module):
         self.config = config
         arch, n = config.arch, config.n_doublings
         width = config.ndf
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=arch == "seed"),  # (B, 64, 32, 32)
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=arch == "article"),  # (B, 64, 32, 32)
                                    _activation(arch, False)]
-        for i in range(n - 1):                                           # (B, 128, 16, 16) ... (B, 512, 4, 4)
-            downsample = Conv2dTo4x4 if i == n - 2 else _conv
-            layers += [downsample(width, width * 2), _batch_norm(width * 2, arch), _activation(arch, False)]
+        for _ in range(n - 1):                                           # (B, 128, 16, 16) ... (B, 512, 4, 4)
+            layers += [_conv(width, width * 2), _batch_norm(width * 2, arch), _activation(arch, False)]
             width *= 2
-        if arch == "seed":                                               # flatten + dense, as in Keras
+        if arch == "article":                                               # flatten + dense, as in Keras
             layers += [nn.Flatten(), nn.Linear(width * 4 * 4, 1)]       # (B, 8192) -> (B, 1)
         else:                                                            # a 4x4 "valid" conv to 1 map
             layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False), nn.Flatten()]  # (B, 1)
@@ -117,7 +124,7 @@ class Discriminator(nn.Module):
 def _initialise(module: nn.Module, arch: Arch) -> None:
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            if arch == "seed":
+            if arch == "article":
                 nn.init.xavier_uniform_(layer.weight)       # Keras' glorot_uniform default
             else:
                 nn.init.normal_(layer.weight, 0.0, 0.02)    # DCGAN paper, section 4
@@ -143,8 +150,6 @@ def model_summary(model: nn.Module, batch_size: int = 1) -> str:
 
 def save_model(model: nn.Module, path: Path) -> None:
     """Weights plus the config needed to rebuild them: loadable without params.yaml."""
-    from anime_dcgan.io import atomic_torch_save
-
     kind = "generator" if isinstance(model, Generator) else "discriminator"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"kind": kind, "config": asdict(model.config), "state_dict": state}, path)
@@ -154,6 +159,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Generator | Di
     """Rebuild a saved generator or discriminator, in eval mode."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     cls = {"generator": Generator, "discriminator": Discriminator}[payload["kind"]]
-    model = cls(ModelConfig(**payload["config"]))
+    config = payload["config"] | {"arch": _SAVED_ARCH_NAMES.get(payload["config"]["arch"], payload["config"]["arch"])}
+    model = cls(ModelConfig(**config))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from anime_dcgan.metrics.images import as_uint8_images
+from anime_dcgan.evaluation.images import as_uint8_images
 
 STANDARD_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 KERNEL_SIZE = 11

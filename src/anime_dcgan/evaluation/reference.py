@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from anime_dcgan.io import atomic_path
-from anime_dcgan.metrics.fid import feature_statistics
-from anime_dcgan.metrics.images import as_uint8_images
-from anime_dcgan.metrics.inception import FEATURE_DIM, inception_features
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.fid import feature_statistics
+from anime_dcgan.evaluation.images import as_uint8_images
+from anime_dcgan.evaluation.inception import FEATURE_DIM, inception_features
+from anime_dcgan.util.io import atomic_path
 
 # Written into every reference; evaluate refuses a reference made under another protocol.
 PROTOCOL = "inception-v3-tf-2015-12-05 | uint8 -> tf1-bilinear 299 -> (x-128)/128 -> pool3 2048"

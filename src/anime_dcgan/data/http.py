@@ -23,8 +23,8 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from anime_dcgan import __version__
-from anime_dcgan.io import file_sha256
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.util.io import file_sha256
 
 log = logging.getLogger(__name__)
 

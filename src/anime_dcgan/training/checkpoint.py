@@ -1,7 +1,7 @@
 """Resumable training state: one folder per run identity, written atomically.
 
-The identity is a hash of the training parameters, the exact training data and the training code,
-so rerunning a killed stage resumes its own checkpoint while an experiment with any other setting,
+The identity is a hash of the training parameters, the exact training data and every source file
+of the training package (this folder: the networks, the step, the loop, the CPU kernels...), so rerunning a killed stage resumes its own checkpoint while an experiment with any other setting,
 data or code never starts from it ("resume this run" is never "start from these weights").
 Checkpoints live outside DVC's outputs (which DVC deletes before rerunning a stage) under
 `<repo root>/.cache/checkpoints/<identity>/` and are removed once the run has finished.
@@ -19,17 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from anime_dcgan.io import atomic_torch_save, file_sha256
+from anime_dcgan.util.io import atomic_torch_save, file_sha256
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# the modules whose code decides what a training step computes
-_TRAINING_CODE = ("models.py", "gan.py", "train.py", "checkpoint.py")
+TRAINING_PACKAGE = Path(__file__).parent
 
 
-def run_identity(train_config: dict[str, Any], data_digest: str) -> str:
-    code_dir = Path(__file__).parent
-    code = {name: file_sha256(code_dir / name) for name in _TRAINING_CODE}
-    blob = json.dumps({"config": train_config, "data": data_digest, "code": code}, sort_keys=True)
+def code_digests(package: Path = TRAINING_PACKAGE) -> dict[str, str]:
+    """sha256 of every .py file below `package`, by relative path."""
+    return {path.relative_to(package).as_posix(): file_sha256(path) for path in sorted(package.rglob("*.py"))}
+
+
+def run_identity(train_config: dict[str, Any], data_digest: str, package: Path = TRAINING_PACKAGE) -> str:
+    blob = json.dumps({"config": train_config, "data": data_digest, "code": code_digests(package)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

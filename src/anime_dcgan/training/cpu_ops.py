@@ -1,14 +1,15 @@
-"""The stride-2 layers next to the networks' 4x4 map, with a faster weight gradient on the CPU.
+"""CPU-only kernels the training loop swaps into the plain networks of networks.py (as stylegan2
+keeps conv2d_gradfix in its ops/): the stride-2 layers next to the 4x4 map, with a faster weight
+gradient.
 
 Both networks have one such layer: the discriminator's last downsampling convolution (8x8 -> 4x4)
 and the generator's first upsampling one (4x4 -> 8x8). Their weight gradient sums over the batch a
 product of an 8x8 map with a 4x4 map; oneDNN's backward-weights kernels run it at half the speed of
-its forward convolutions on CPUs without AMX (benchmarks/train_throughput.md). The same sum is a
-forward convolution with the batch as the channels: the 8x8 map, transposed to (C, B, 8, 8), is the
-input and the 4x4 map, transposed to (C', B, 4, 4), is the kernel, dilated by the stride 2. Measured
-on a 2-core Zen 4 (AVX512-BF16, no AMX) at batch 128: 1.9-3x faster in bf16, 1.1-1.3x in fp32; for
-the larger maps of the other layers it is slower, so they keep oneDNN's kernels. On other devices
-these layers are plain nn layers.
+its forward convolutions on some CPUs (benchmarks/train_throughput.md). The same sum is a forward
+convolution with the batch as the channels: the 8x8 map, transposed to (C, B, 8, 8), is the input and
+the 4x4 map, transposed to (C', B, 4, 4), is the kernel, dilated by the stride 2. For the larger maps
+of the other layers it is slower, so they keep oneDNN's kernels. The swapped layers keep their
+weights and compute the same values; on other devices they run PyTorch's own forward.
 """
 
 from __future__ import annotations
@@ -96,3 +97,21 @@ class ConvTranspose2dFrom4x4(_WeightGradAsConvOnCpu, nn.ConvTranspose2d):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 4, STRIDE, PADDING, bias=False)
+
+
+def _is_stride2_4x4(layer: nn.Module, cls: type[nn.Module]) -> bool:
+    return (type(layer) is cls and layer.kernel_size == (4, 4) and layer.stride == (STRIDE, STRIDE)
+            and layer.padding == (PADDING, PADDING) and layer.bias is None)
+
+
+def use_cpu_kernels(generator: nn.Module, discriminator: nn.Module) -> None:
+    """Swap the two layers next to the 4x4 map for their CPU versions, in place: the generator's
+    first stride-2 transposed convolution (4x4 -> 8x8) and the discriminator's last stride-2
+    convolution (8x8 -> 4x4). Only the class changes (no new weights, no random numbers drawn), so
+    optimisers, EMA copies and saved state dicts are unaffected."""
+    upsampling = [m for m in generator.modules() if _is_stride2_4x4(m, nn.ConvTranspose2d)]
+    downsampling = [m for m in discriminator.modules() if _is_stride2_4x4(m, nn.Conv2d)]
+    if upsampling:
+        upsampling[0].__class__ = ConvTranspose2dFrom4x4
+    if downsampling:
+        downsampling[-1].__class__ = Conv2dTo4x4

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anime_dcgan.io import atomic_dir
-from anime_dcgan.visuals import image_grid, pairs_image, save_png
+from anime_dcgan.util.io import atomic_dir
+from anime_dcgan.util.visuals import image_grid, pairs_image, save_png
 
 # what each metric means, shown beside its value (lower/higher = better)
 _EXPLANATIONS = {

@@ -3,7 +3,7 @@
 Protocol (also in the metric names, e.g. fid_1k): the first `fid_samples` generated samples (seeds
 0..fid_samples-1) against the reference real set of the fid_reference stage (min(fid_samples, N)
 real images chosen by a seeded permutation); Inception-v3 with the TF 2015-12-05 weights, inputs
-resized to 299x299 with the TF1-compatible bilinear filter; see anime_dcgan.metrics.
+resized to 299x299 with the TF1-compatible bilinear filter; see anime_dcgan.evaluation.registry.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anime_dcgan.metrics import EvalInputs, closest_pairs, compute_metrics, load_attribute_classifier, load_reference
-from anime_dcgan.report import write_report
-from anime_dcgan.stage import PipelineError
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.attributes import load_attribute_classifier
+from anime_dcgan.evaluation.memorization import closest_pairs
+from anime_dcgan.evaluation.reference import load_reference
+from anime_dcgan.evaluation.registry import EvalInputs, compute_metrics
+from anime_dcgan.evaluation.report import write_report
 
 # drawn attributes whose coverage is measured (the synthetic source's labels)
 COVERAGE_ATTRIBUTES = ("hair_color", "eye_color")

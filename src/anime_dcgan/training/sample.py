@@ -14,9 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anime_dcgan.io import atomic_dir, atomic_path
-from anime_dcgan.models import Generator
-from anime_dcgan.visuals import image_grid, progress_frames, save_contact_sheet, save_png, save_progress_gif
+from anime_dcgan.training.networks import Generator
+from anime_dcgan.util.io import atomic_dir, atomic_path
+from anime_dcgan.util.visuals import (
+    image_grid,
+    progress_frames,
+    save_contact_sheet,
+    save_png,
+    save_progress_gif,
+)
 
 
 def latent_for_seed(seed: int, nz: int) -> torch.Tensor:
