@@ -90,7 +90,7 @@ def repo_env(home: Path) -> dict[str, str]:
         "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
         "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
         # one torch thread: for the tiny models here, a second OpenMP thread only waits for the other
-        # core (a tiny step took 0.26 s with 2 threads and 0.01 s with 1 on a busy 2-core machine)
+        # core, which the tests' other processes keep busy
         "OMP_NUM_THREADS": "1",
     })
     return env

@@ -71,8 +71,8 @@ def pick_runtime(device: str = "auto", precision: str = "auto", compile: str | b
     use_bf16 = precision == "bf16" or (precision == "auto" and supports_bf16(chosen))
     if compile == "auto":
         # CUDA: CUDA graphs remove the launch overhead that dominates a DCGAN step. CPU: the step is
-        # 92% oneDNN convolutions that Inductor leaves as they are; measured on 2 cores, compiled ran
-        # no faster than eager and costs ~33 s to compile (benchmarks/train_throughput.md).
+        # mostly oneDNN convolutions that Inductor leaves as they are, so compiling costs its compile
+        # time for no faster step (benchmarks/train_throughput.md).
         compile = chosen.type == "cuda"
     return Runtime(chosen, torch.bfloat16 if use_bf16 else None, bool(compile))
 

@@ -559,7 +559,7 @@ def render_face(attributes: dict[str, str], seed: int, index: int, size: int = 6
     _draw_side_locks(draw, frame, head, colors, attributes["bangs"], attributes["hair_length"], rng)
     _draw_bangs(draw, frame, head, colors, bangs, fringe_edge)
     _draw_accessory(draw, frame, attributes["accessory"], rng, colors.hair, head)
-    # reducing_gap: a box reduction to 2x first, then Lanczos; twice as fast as Lanczos alone and
+    # reducing_gap: a box reduction to 2x first, then Lanczos; faster than Lanczos alone and
     # indistinguishable at this scale
     return image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
 

@@ -108,8 +108,7 @@ def train_attribute_classifier(images: np.ndarray | torch.Tensor, labels: pd.Dat
 
     Rows of ``labels`` match images by position (manifest.csv row i describes image i). A seeded
     ``validation_fraction`` is held out; the report gives the validation accuracy per attribute as
-    ``val_accuracy_<attribute>``. With the defaults, 20,000 synthetic 64x64 faces train in ~40 s on
-    a 2-core CPU to validation accuracy 1.00 for hair and eye colour (benchmarks/inception.md).
+    ``val_accuracy_<attribute>`` (time and accuracy on the synthetic faces: benchmarks/inception.md).
     """
     images = as_uint8_images(images)
     if len(labels) != len(images):

@@ -115,7 +115,7 @@ class FIDInceptionV3(nn.Module):
     def __init__(self, network: nn.Module, channels_last: bool = True):
         super().__init__()
         self.network = network
-        # NHWC input measured 1.03-1.25x faster on CPU (benchmarks/inception.md); results agree to ~1e-5
+        # NHWC input is faster on the CPU (benchmarks/inception.md); results agree to ~1e-5
         self.channels_last = channels_last
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -148,7 +148,7 @@ def load_inception(device: str | torch.device = "cpu", channels_last: bool = Tru
 
 @functools.lru_cache(maxsize=2)
 def _cached_inception(device: str) -> FIDInceptionV3:
-    # loading (with the SHA-1 check) costs ~0.5 s and 87 MB; stages ask for features several times
+    # loading reads and SHA-1-checks the whole weight file; stages ask for features several times
     return load_inception(device)
 
 

@@ -53,7 +53,7 @@ class EvalInputs:
     attribute_classifier: AttributeClassifier | None = None  # (mode_coverage)
     seed: int = 0
     device: str | torch.device = "cpu"
-    ms_ssim_pairs: int = DEFAULT_PAIRS       # pairs per set for ms_ssim_* (~4 s per 1,000 on 2 CPU cores)
+    ms_ssim_pairs: int = DEFAULT_PAIRS       # pairs per set for ms_ssim_*
     progress: bool = False                   # progress bar while computing Inception features
 
     def __post_init__(self) -> None:

@@ -26,14 +26,14 @@ def weight_grad_as_conv(large: torch.Tensor, small: torch.Tensor, memory_format:
     padding-1 4x4 convolution's weight gradient, with large = its input and small = the gradient of
     its output; with the two swapped, a transposed convolution's. (B, C, 2h, 2w), (B, C', h, w) ->
     (C', C, 4, 4) in `memory_format`."""
-    # NCHW: from channels_last maps, these transposes copy ~4x faster than to channels_last, and the
+    # NCHW: from channels_last maps, these transposes copy faster than to channels_last, and the
     # convolution runs as fast
     inputs = large.transpose(0, 1).contiguous()                                      # (C, B, 2h, 2w)
     kernel = small.transpose(0, 1).contiguous()                                      # (C', B, h, w)
     grad = F.conv2d(inputs, kernel, padding=PADDING, dilation=STRIDE)                # (C, C', 4, 4)
     channels, other_channels = grad.shape[:2]
     if memory_format == torch.channels_last:
-        # (C, C' * 16) -> (C' * 16, C): PyTorch copies a 2D transpose in cache-sized blocks, 3x faster
+        # (C, C' * 16) -> (C' * 16, C): PyTorch copies a 2D transpose in cache-sized blocks, faster
         # than the same permutation of a 4D tensor
         rows = grad.reshape(channels, -1).t().contiguous()                           # (C' * 16, C)
         return rows.view(other_channels, 4, 4, channels).permute(0, 3, 1, 2)         # (C', C, 4, 4)
