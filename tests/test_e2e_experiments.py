@@ -29,7 +29,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUEUE_TIMEOUT_S = 600
 QUEUE_POLL_S = 5
 MARKER_KEY = "e2e_code_marker"
-# appended to the second queued experiment's src/anime_dcgan/train.py: wraps the public train() so
+# appended to the second queued experiment's src/anime_dcgan/training/loop.py: wraps the public train() so
 # that its summary (metrics/train.json) carries a marker that only this version of the code writes
 MARKER_CODE = f'''
 
@@ -192,9 +192,9 @@ def queue_experiment(repo: ProjectRepo, *overrides: str) -> str:
 
 
 def queue_two_code_versions(repo: ProjectRepo) -> dict[str, float]:
-    """Queue lr=0.0001 with the committed code, then lr=0.0003 with a train.py that marks its
+    """Queue lr=0.0001 with the committed code, then lr=0.0003 with a training/loop.py that marks its
     summary, then restore the committed code."""
-    train_module = repo.root / "src/anime_dcgan/train.py"
+    train_module = repo.root / "src/anime_dcgan/training/loop.py"
     committed_code = train_module.read_text()
     first = queue_experiment(repo, "lr=0.0001")
     train_module.write_text(committed_code + MARKER_CODE)

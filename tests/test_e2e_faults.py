@@ -51,7 +51,7 @@ TRAINING = {"steps": 400, "checkpoint_every": 20, "log_every": 10, "sample_every
 INTERRUPTIBLE_DATA = {"synthetic_count": 2500, "workers": 2}
 STAGE_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 30  # from the signal to the exit of every process; a stage stops in a few seconds
-# names of the temporary files and folders the stages write before renaming (io.py, sources.py)
+# names of the temporary files and folders the stages write before renaming (util/io.py, data/fetch.py)
 TEMPORARY_NAME = re.compile(r"\.tmp-\d+$|\.partial$|\.old$|\.part$")
 # where nothing a later stage reads lives: git and DVC internals, the caches that are meant to outlive
 # an interruption (partial downloads, checkpoints), the MLflow store
@@ -213,7 +213,7 @@ def test_a_sigkilled_training_resumes_and_ends_exactly_like_an_uninterrupted_run
 # -- b: Ctrl-C and SIGTERM in each stage ------------------------------------------------------------
 
 def download_in_progress(repo: ProjectRepo) -> bool:
-    return bool(entries(repo.root / "data/.raw.partial/images"))  # sources.py fills data/raw here, then renames
+    return bool(entries(repo.root / "data/.raw.partial/images"))  # data/fetch.py fills data/raw here, then renames
 
 
 def preprocess_in_progress(repo: ProjectRepo) -> bool:

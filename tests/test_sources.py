@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
+import os
 import random
+import re
+import socket
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from http_fixtures import HttpTestServer
 from PIL import Image
+from servers import free_port
 
 from anime_dcgan.data.fetch import FetchSummary, fetch_source
+from anime_dcgan.data.http import DownloadError
 from anime_dcgan.data.readers.base import SourceError
 from anime_dcgan.data.readers.hub import HubSource
-from anime_dcgan.data.http import DownloadError
 from anime_dcgan.params import DataParams
 
 
@@ -392,11 +398,13 @@ def test_a_corrupt_downloaded_archive_is_removed_from_the_cache(http_server, tmp
 
 
 # -- Hugging Face hub ------------------------------------------------------------------------------
+# The real huggingface_hub client against the hub emulation of http_fixtures.py (HF_ENDPOINT).
 
 @pytest.fixture
 def hub(http_server: HttpTestServer, monkeypatch: pytest.MonkeyPatch) -> HttpTestServer:
     monkeypatch.setenv("HF_ENDPOINT", http_server.base_url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
     return http_server
 
 
@@ -406,30 +414,53 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+def _hub_error(tmp_path: Path, source: str, match: str, **data: object) -> str:
+    """The SourceError message of fetching `source`, checked to be one line."""
+    with pytest.raises(SourceError, match=match) as error:
+        _fetch(tmp_path, source, **data)
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _blob(tmp_path: Path, repo_id: str, content: bytes) -> Path:
+    """Where huggingface_hub keeps an LFS file of `repo_id` in the download cache of `_fetch`."""
+    return (tmp_path / ".cache/downloads/huggingface" / f"datasets--{repo_id.replace('/', '--')}" /
+            "blobs" / hashlib.sha256(content).hexdigest())
+
+
 def test_hub_source_strings_parse():
     assert HubSource.parse("hf:huggan/anime-faces") == HubSource("huggan/anime-faces", "main", None)
     assert HubSource.parse("hf:a/b@v1.0/data/x.zip") == HubSource("a/b", "v1.0", "data/x.zip")
-    endpoint = "https://hub.example"
-    assert HubSource.parse("hf:a/b@v1/data/x y.zip").resolve_url(endpoint, "data/x y.zip") == \
-        "https://hub.example/datasets/a/b/resolve/v1/data/x%20y.zip"
-    assert HubSource.parse("hf:a/b").tree_url(endpoint) == \
-        "https://hub.example/api/datasets/a/b/tree/main?recursive=true"
+    assert HubSource.parse(" hf:a/b@0123abc/data/x y.zip/ ") == HubSource("a/b", "0123abc", "data/x y.zip")
 
 
-def test_hub_repo_with_one_archive_is_listed_downloaded_and_works_offline(hub, tmp_path):
+def test_hub_repo_with_one_archive_is_listed_downloaded_and_works_offline(hub, tmp_path, caplog):
+    archive = _zip_bytes(FACES)
     hub.add_hf_dataset("huggan/anime-faces", {".gitattributes": b"*.zip lfs", "README.md": b"# faces",
-                                               "data.zip": _zip_bytes(FACES)})
+                                               "data.zip": archive})
 
     summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces")
 
     assert _written(raw_dir) == FACES
     assert (summary.kind, summary.n_images) == ("hf", 8) and "data.zip" in summary.line()
-    assert hub.requests_for("/api/datasets/huggan/anime-faces/tree/main")[0].query == "recursive=true"
-    assert hub.requests_for("/datasets/huggan/anime-faces/resolve/main/data.zip")
+    assert "recursive=true" in hub.requests_for("/api/datasets/huggan/anime-faces/tree/main")[0].query
+    commit = hub.commit("huggan/anime-faces")
+    assert hub.requests_for(f"/datasets/huggan/anime-faces/resolve/{commit}/data.zip")
+    cdn_gets = hub.requests_for(hub.cdn_path(archive))
+    assert [(request.method, request.server) for request in cdn_gets] == [("GET", "cdn")]
+    assert _blob(tmp_path, "huggan/anime-faces", archive).read_bytes() == archive
 
-    hub.stop()  # offline: the saved listing and the cached download are enough
-    summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces")
-    assert _written(raw_dir) == FACES
+    endpoint = hub.base_url
+    hub.stop()  # offline: the listing and the files in the download cache are enough
+    with caplog.at_level(logging.WARNING, logger="anime_dcgan.data.readers.hub"):
+        summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces")
+        assert _written(raw_dir) == FACES
+        summary, raw_dir = _fetch(tmp_path, "hf:huggan/anime-faces/data.zip")
+        assert _written(raw_dir) == FACES
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(endpoint in warning and "cannot be reached" in warning
+                                      and "download cache" in warning for warning in warnings)
 
 
 def test_hub_repo_of_parquet_shards_takes_them_all_across_listing_pages(hub, tmp_path):
@@ -446,42 +477,128 @@ def test_hub_repo_of_parquet_shards_takes_them_all_across_listing_pages(hub, tmp
     with open(raw_dir / "attributes.csv", newline="") as file:
         assert len(list(csv.DictReader(file))) == 8
     assert len(hub.requests_for("/api/datasets/someone/faces/tree/main")) >= 3  # paged listing
+    assert not hub.requests_for(hub.cdn_path(b"PK"))  # the archive beside the shards is not fetched
+
+    # offline with one shard gone from the cache: refused, not read from the other shard alone
+    _blob(tmp_path, "someone/faces", shards["data/train-00001-of-00002.parquet"]).unlink()
+    hub.stop()
+    message = _hub_error(tmp_path, "hf:someone/faces", "cannot reach the Hugging Face hub")
+    assert "some of its files are not in the download cache" in message
+    assert len(_written(raw_dir)) == 8  # the previous data/raw/ is left as it was
+
+
+def test_a_cut_hub_download_resumes_where_it_stopped(hub, tmp_path):
+    # larger than huggingface_hub's write chunk, so that the bytes before the cut reach the disk
+    archive = _zip_bytes(FACES | {"faces/noise.bin": os.urandom(12 << 20)})
+    hub.add_hf_dataset("o/big", {"data.zip": archive})
+    hub.cut_after(hub.cdn_path(archive), n_bytes=len(archive) - 1000)
+
+    summary, raw_dir = _fetch(tmp_path, "hf:o/big/data.zip")
+
+    assert _written(raw_dir) == FACES and summary.n_skipped == 1
+    gets = hub.requests_for(hub.cdn_path(archive))
+    assert len(gets) == 2 and "Range" not in gets[0].headers
+    assert re.fullmatch(r"bytes=[1-9]\d*-", gets[1].headers["Range"])
 
 
 def test_hub_path_and_revision_select_a_file_or_folder(hub, tmp_path):
-    hub.add_hf_dataset("o/faces", {"data.zip": _zip_bytes({"x.png": _image_bytes(1)})})
+    main = hub.add_hf_dataset("o/faces", {"data.zip": _zip_bytes({"x.png": _image_bytes(1)}),
+                                          "extra/x y.zip": _zip_bytes({"z.png": _image_bytes(3)})})
     hub.add_hf_dataset("o/faces", {"v1/old.zip": _zip_bytes({"y.png": _image_bytes(2)}),
                                    "v1/other.tar": b""}, revision="v1")
 
     _, raw_dir = _fetch(tmp_path / "a", "hf:o/faces/data.zip")
     assert _written(raw_dir) == {"x.png": _image_bytes(1)}
-    assert not hub.requests_for("/api/datasets/o/faces/tree/main")  # a named file needs no listing
+    assert not [request for request in hub.requests if "/tree/" in request.path]  # no listing needed
 
     _, raw_dir = _fetch(tmp_path / "b", "hf:o/faces@v1/v1/old.zip")
     assert _written(raw_dir) == {"y.png": _image_bytes(2)}
     assert hub.requests_for("/datasets/o/faces/resolve/v1/v1/old.zip")
 
+    _, raw_dir = _fetch(tmp_path / "c", f"hf:o/faces@{main}/extra")  # a commit sha and a folder
+    assert _written(raw_dir) == {"z.png": _image_bytes(3)}
+    assert hub.requests_for(f"/api/datasets/o/faces/tree/{main}/extra")
+    assert hub.requests_for(f"/datasets/o/faces/resolve/{main}/extra/x y.zip")
+
     with pytest.raises(SourceError, match="several archives in o/faces/v1.*hf:o/faces/<path>.*old.zip"):
-        _fetch(tmp_path / "c", "hf:o/faces@v1/v1")
+        _fetch(tmp_path / "d", "hf:o/faces@v1/v1")
 
 
 def test_hub_errors_name_the_repo_file_and_token(hub, tmp_path, monkeypatch):
     hub.add_hf_dataset("o/faces", {"README.md": b"x", "notes.txt": b"y"})
-    with pytest.raises(SourceError, match=r"no parquet file and no archive in o/faces.*README.md"):
-        _fetch(tmp_path, "hf:o/faces")
-    with pytest.raises(SourceError, match="'o/nothing' .*not found"):
-        _fetch(tmp_path, "hf:o/nothing")
-    with pytest.raises(SourceError, match="'missing.zip' is not in the Hugging Face dataset o/faces"):
-        _fetch(tmp_path, "hf:o/faces/missing.zip")
+    _hub_error(tmp_path, "hf:o/faces", r"no parquet file and no archive in o/faces.*README.md")
+    message = _hub_error(tmp_path, "hf:o/nothing", "'o/nothing' .*not found")
+    assert hub.base_url in message and "HF_TOKEN" in message
+    _hub_error(tmp_path, "hf:o/faces/missing.zip",
+               rf"'missing.zip' is not in the Hugging Face dataset o/faces at revision 'main'.*"
+               rf"{hub.base_url}/datasets/o/faces")
+    _hub_error(tmp_path, "hf:o/faces@v9", r"revision 'v9' not found in the Hugging Face dataset o/faces")
+    _hub_error(tmp_path, "hf:o/faces@v9/data.zip", r"revision 'v9' not found")
+    _hub_error(tmp_path, "hf:o/faces/nowhere", r"no folder 'nowhere' in the Hugging Face dataset o/faces")
 
-    hub.add_hf_dataset("o/private", {"data.zip": _zip_bytes(FACES)})
+    private = _zip_bytes(FACES)
+    hub.add_hf_dataset("o/private", {"data.zip": private})
+    hub.add_hf_dataset("o/gated", {"data.zip": private}, token="secret", gated=True)
     hub.required_token = "secret"
-    with pytest.raises(DownloadError, match="HF_TOKEN"):
-        _fetch(tmp_path, "hf:o/private")
+    _hub_error(tmp_path, "hf:o/private", "HF_TOKEN")
+    _hub_error(tmp_path, "hf:o/gated/data.zip", r"is gated: accept its conditions on .*/datasets/o/gated.*HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN", "not-the-secret")
+    _hub_error(tmp_path, "hf:o/private", r"refused access .*\(HTTP 401.*HF_TOKEN")
     monkeypatch.setenv("HF_TOKEN", "secret")
+    before = len(hub.requests)
     assert _fetch(tmp_path, "hf:o/private")[0].n_images == 8
-    assert hub.requests[-1].headers["Authorization"] == "Bearer secret"
+    sent = hub.requests[before:]
+    assert sent and all(request.headers["Authorization"] == "Bearer secret"
+                        for request in sent if request.server == "main")
+    # the token stays with the hub: the CDN gets a (signed) address, not the credentials
+    assert [request for request in sent if request.server == "cdn"]
+    assert not [request for request in sent if request.server == "cdn" and "Authorization" in request.headers]
     assert not (tmp_path / "data" / ".raw.partial").exists()
+
+
+def test_an_unreachable_hub_with_nothing_cached_fails_clearly(tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    for source in ("hf:o/faces", "hf:o/faces/data.zip", "hf:o/faces@v1/data"):
+        message = _hub_error(tmp_path, source, "cannot reach the Hugging Face hub")
+        assert dead in message and "network" in message and "HF_ENDPOINT" in message
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+
+def test_a_hub_that_never_answers_is_given_up_on_after_the_timeout(tmp_path, monkeypatch):
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")  # an int: huggingface_hub parses it so
+        started = time.monotonic()
+        message = _hub_error(tmp_path, "hf:o/faces", "cannot reach the Hugging Face hub")
+    assert endpoint in message and "Timeout" in message
+    assert time.monotonic() - started < 5
+
+
+def test_hub_checksums_are_verified(hub, tmp_path):
+    archive = _zip_bytes(FACES)
+    right = hashlib.sha256(archive).hexdigest()
+    hub.add_hf_dataset("o/faces", {"data.zip": archive})
+    shards = {f"train-{index}.parquet": _parquet_bytes(_faces_table(2)) for index in range(2)}
+    hub.add_hf_dataset("o/shards", shards)
+
+    assert _fetch(tmp_path / "ok", "hf:o/faces", sha256=right)[0].n_images == 8
+
+    wrong = "2" * 64
+    message = _hub_error(tmp_path, "hf:o/faces/data.zip", r"checksum mismatch for data.zip", sha256=wrong)
+    assert wrong in message and right in message and "data.sha256" in message
+    assert not _blob(tmp_path, "o/faces", archive).exists()  # deleted: the next run downloads it anew
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+    _hub_error(tmp_path, "hf:o/shards", r"data.sha256 is set but hf:o/shards has 2 files", sha256=wrong)
+
+    hub.corrupt_cdn(archive)  # same size, other bytes: only the sha256 tells
+    message = _hub_error(tmp_path / "bad", "hf:o/faces", r"does not match the hub's checksum")
+    assert right in message
+    assert not _blob(tmp_path / "bad", "o/faces", archive).exists()
 
 
 # -- synthetic -------------------------------------------------------------------------------------

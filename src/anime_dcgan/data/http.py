@@ -5,6 +5,11 @@ connection, a server error) leaves that file behind and the next attempt asks on
 bytes (``Range: bytes=<size>-``). The finished file appears under its final name only by an atomic
 rename, after its checksum was verified, so a later step never reads a partial or wrong file, and a
 finished file is reused without any network access.
+
+Written here because no well-kept library does all three of resume, retry and verify: pooch
+(1.8) retries and checks hashes but restarts an interrupted download from zero into a temporary
+file; requests with urllib3's Retry retries requests but not a transfer cut halfway; fsspec's HTTP
+filesystem does neither. Hugging Face sources go through huggingface_hub instead (readers/hub.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import requests
 from filelock import FileLock
@@ -65,7 +70,7 @@ def cached_file_path(url: str, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{url_hash}-{basename}"
 
 
-def download(url: str, cache_dir: Path, sha256: str | None = None, headers: dict | None = None,
+def download(url: str, cache_dir: Path, sha256: str | None = None,
              progress: bool = True, retries: int = 5, *, backoff_s: float = 1.0,
              timeout_s: float = 60.0) -> Path:
     """Download `url` into `cache_dir` (resuming a partial download) and return the finished file.
@@ -88,7 +93,7 @@ def download(url: str, cache_dir: Path, sha256: str | None = None, headers: dict
             target.unlink()
         request_headers = {"User-Agent": f"anime-dcgan/{__version__}",
                            # a compressed body would make byte offsets (Range) meaningless
-                           "Accept-Encoding": "identity", **(headers or {})}
+                           "Accept-Encoding": "identity"}
         with requests.Session() as session:
             _with_retries(
                 lambda: _transfer(session, url, part, request_headers, progress, timeout_s),
@@ -106,33 +111,6 @@ def download(url: str, cache_dir: Path, sha256: str | None = None, headers: dict
                     "file at the URL may have changed (data.sha256: null accepts what it serves).", url)
         os.replace(part, target)
     return target
-
-
-def fetch_json(url: str, headers: dict | None = None, retries: int = 5, *, backoff_s: float = 1.0,
-               timeout_s: float = 60.0) -> tuple[Any, str | None]:
-    """GET a JSON document (an API listing) with the same retries and errors as `download`.
-
-    Returns (the parsed JSON, the URL of the next page from a `Link: <...>; rel="next"` header).
-    """
-    request_headers = {"User-Agent": f"anime-dcgan/{__version__}", **(headers or {})}
-
-    def attempt() -> tuple[Any, str | None]:
-        try:
-            response = requests.get(url, headers=request_headers, timeout=timeout_s)
-        except requests.exceptions.SSLError as exc:
-            raise DownloadError(f"{url}: TLS/SSL error: {exc}", url) from exc
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
-        _raise_for_status(response, url)
-        try:
-            document = response.json()
-        except ValueError:
-            raise DownloadError(f"{url}: expected a JSON answer, got {response.text[:200]!r}. "
-                                "Check the endpoint (HF_ENDPOINT) and the URL.", url) from None
-        return document, response.links.get("next", {}).get("url")
-
-    return _with_retries(attempt, url, retries, backoff_s, bytes_on_disk=lambda: 0,
-                         give_up_hint="Check the network connection and run again.")
 
 
 def _with_retries(attempt: Callable[[], _T], url: str, retries: int, backoff_s: float,
@@ -208,12 +186,9 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
         raise _TransientError(f"HTTP {status} {response.reason}",
                               float(retry_after) if retry_after.isdigit() else None)
     if status in (401, 403):
-        hint = ("Access denied: for a private or gated Hugging Face dataset set the environment "
-                "variable HF_TOKEN to a token with read access (and accept the dataset's terms on "
-                "its page); otherwise check that the URL can be downloaded without logging in.")
+        hint = "Access denied: check that the URL can be downloaded without logging in."
     elif status in (404, 410):
-        hint = ("Check data.source for typos (for hf: sources the owner/name, the revision and the "
-                "file path).")
+        hint = "Check data.source for typos."
     else:
         hint = "Check the URL in data.source."
     raise DownloadError(f"{url}: HTTP {status} {response.reason}. {hint}", url, status)
