@@ -15,10 +15,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from anime_dcgan.training import loop as train_module
 from anime_dcgan.params import parse_params
 from anime_dcgan.tracking import Tracker
 from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training import loop as train_module
 from anime_dcgan.training.loop import DivergenceError, TrainOutputs, train
 from anime_dcgan.training.networks import load_model
 
