@@ -11,7 +11,8 @@ against the same with bf16 features, and FID(fp32 features, bf16 features) of th
 ``--metric-costs`` also times the other metrics at the evaluate stage's default size (1,000
 generated images against a 5,000-image reference), on random features and the real images.
 
-Real images: the shared sample of real anime faces when present, else data/processed/images.npy.
+Real images: the shared sample of real anime faces (benchmarks/common.py) when present, else
+data/processed/images.npy.
 
     .venv/bin/python benchmarks/inception_throughput.py [--images 128] [--fid-images 500] [--metric-costs]
 """
@@ -20,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import platform
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import REPO_ROOT, sample_zip  # beside this script
 from PIL import Image
 
 from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim
@@ -45,23 +45,23 @@ from anime_dcgan.evaluation.memorization import memorization
 from anime_dcgan.evaluation.precision_recall import precision_recall
 from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROCESSED = REPO_ROOT / "data/processed/images.npy"
-SAMPLE_ZIP = Path(os.environ.get("ANIME_FACES_SAMPLE_ZIP", REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip"))
 
 
 def real_images(count: int) -> tuple[np.ndarray, str]:
     """uint8 (count, 3, 64, 64) real images and where they came from: real anime faces from the
     shared sample zip when present (the processed data may be the synthetic faces), else
     data/processed/images.npy."""
-    if SAMPLE_ZIP.is_file():
-        with zipfile.ZipFile(SAMPLE_ZIP) as archive:
+    zip_path = sample_zip()
+    if zip_path.is_file():
+        with zipfile.ZipFile(zip_path) as archive:
             names = sorted(name for name in archive.namelist() if name.endswith(".jpg"))[:count]
             pixels = [np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")) for name in names]
-        return np.stack(pixels).transpose(0, 3, 1, 2).copy(), SAMPLE_ZIP.name
+        return np.stack(pixels).transpose(0, 3, 1, 2).copy(), zip_path.name
     if PROCESSED.is_file():
         return np.array(np.load(PROCESSED, mmap_mode="r")[:count]), str(PROCESSED.relative_to(REPO_ROOT))
-    raise SystemExit(f"no real images: neither {SAMPLE_ZIP} nor {PROCESSED} exists")
+    raise SystemExit(f"no real images: neither {zip_path} (set ANIME_DCGAN_SAMPLE to use another copy) nor "
+                     f"{PROCESSED} exists")
 
 
 class Bf16Inception(FIDInceptionV3):

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import PIL
 from child_rss import run_sampling_rss  # beside this script
+from common import sample_zip
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_ZIP = Path(os.environ.get("ANIME_FACES_SAMPLE_ZIP",
-                                 REPO_ROOT.parent / "shared/data/anime-faces-64-sample.zip"))
 IMAGE_SIZE, MIN_SIZE = 64, 32
 
 
@@ -151,14 +149,15 @@ def main() -> None:
           f"Pillow {PIL.__version__}, load average {os.getloadavg()[0]:.1f} at start; "
           f"image_size={IMAGE_SIZE}, best of {repeats}")
     results: list[Measurement] = []
-    if SAMPLE_ZIP.is_file():
+    zip_path = sample_zip()
+    if zip_path.is_file():
         with tempfile.TemporaryDirectory(prefix="preprocess-bench-sample-") as temp:
             raw_dir = Path(temp) / "raw"
-            with zipfile.ZipFile(SAMPLE_ZIP) as archive:
+            with zipfile.ZipFile(zip_path) as archive:
                 archive.extractall(raw_dir / "images")
             results += run_dataset("shared sample (JPEG)", raw_dir, repeats)
     else:
-        print(f"shared sample {SAMPLE_ZIP} not found: skipping it")
+        print(f"shared sample {zip_path} not found (set ANIME_DCGAN_SAMPLE to use another copy): skipping it")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     results += run_dataset(f"synthetic {count:,} (PNG)", synthetic_raw(args.cache_dir, count), repeats)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
