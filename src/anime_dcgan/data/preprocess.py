@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import itertools
 import os
 import warnings
@@ -39,7 +38,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from anime_dcgan.errors import PipelineError
-from anime_dcgan.util.io import atomic_path
+from anime_dcgan.util.io import atomic_path, stream_sha256
 from anime_dcgan.util.parallel import default_workers, ordered_map
 
 IMAGES_FILE = "images.npy"
@@ -148,13 +147,6 @@ def resize_and_crop(image: Image.Image, image_size: int) -> Image.Image:
     return image.crop((left, top, left + image_size, top + image_size))
 
 
-def _sha256(file: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: file.read(2**20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def _decode(path: str, image_size: int, min_size: int) -> tuple[_Decoded, np.ndarray | None]:
     """Hash one file and decode it to a (3, S, S) uint8 array, or say why it cannot be used (None).
 
@@ -162,7 +154,7 @@ def _decode(path: str, image_size: int, min_size: int) -> tuple[_Decoded, np.nda
     """
     try:
         with open(path, "rb") as file:
-            sha256 = _sha256(file)
+            sha256 = stream_sha256(file)
             if file.tell() == 0:
                 return _rejected(sha256, EMPTY, "0-byte file")
             file.seek(0)
@@ -277,7 +269,8 @@ class _ImageRows:
     as much time as a worker spent decoding). The main process then keeps the usable rows, in order,
     by moving each one down over the rows of rejected files and duplicates (``keep``), and finally
     cuts the file to the rows kept. The file is written with ordinary seeks and writes, never mapped,
-    so no process keeps the written pages resident, whatever the number of images.
+    so no process keeps the written pages resident, whatever the number of images (numpy's
+    open_memmap doing the same work took longer: benchmarks/preprocess.md).
     """
 
     def __init__(self, path: Path, capacity: int, row_shape: tuple[int, int, int]) -> None:

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @contextmanager
@@ -65,6 +65,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def stream_sha256(handle: BinaryIO) -> str:
+    """sha256 of what is left to read in an open binary file."""
+    return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        return stream_sha256(handle)
