@@ -172,25 +172,12 @@ class Params(*reversed(_SECTIONS)):
     def section(self, cls: type[_Section]) -> _Section:
         return cls(**{key: getattr(self, key) for key in cls.model_fields})
 
-    @property
-    def model(self) -> ModelParams:
-        return self.section(ModelParams)
-
-    @property
-    def optim(self) -> OptimParams:
-        return self.section(OptimParams)
-
-    @property
-    def loop(self) -> LoopParams:
-        return self.section(LoopParams)
-
-    @property
-    def runtime(self) -> RuntimeParams:
-        return self.section(RuntimeParams)
-
-    @property
-    def evaluation(self) -> EvaluationParams:
-        return self.section(EvaluationParams)
+    # each section as its own typed config (a copy holding that section's keys only)
+    model = property(lambda self: self.section(ModelParams))
+    optim = property(lambda self: self.section(OptimParams))
+    loop = property(lambda self: self.section(LoopParams))
+    runtime = property(lambda self: self.section(RuntimeParams))
+    evaluation = property(lambda self: self.section(EvaluationParams))
 
     def training_identity(self) -> dict[str, Any]:
         """The parameters that determine a training run (its identity for resuming)."""
