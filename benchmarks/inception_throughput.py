@@ -31,16 +31,8 @@ from common import REPO_ROOT, sample_zip  # beside this script
 from PIL import Image
 
 from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim
-from anime_dcgan.evaluation.fid import (
-    feature_statistics,
-    frechet_distance,
-    kernel_inception_distance,
-)
-from anime_dcgan.evaluation.inception import (
-    FIDInceptionV3,
-    inception_features,
-    load_inception,
-)
+from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance, kernel_inception_distance
+from anime_dcgan.evaluation.inception import FIDInceptionV3, inception_features, load_inception
 from anime_dcgan.evaluation.memorization import memorization
 from anime_dcgan.evaluation.precision_recall import precision_recall
 from anime_dcgan.evaluation.swd import sliced_wasserstein_distance

@@ -42,11 +42,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from anime_dcgan.data.fetch import fetch_source  # noqa: E402
 from anime_dcgan.data.preprocess import preprocess_images  # noqa: E402
-from anime_dcgan.evaluation.reference import (  # noqa: E402
-    compute_reference,
-    load_reference,
-    save_reference,
-)
+from anime_dcgan.evaluation.reference import compute_reference, load_reference, save_reference  # noqa: E402
 from anime_dcgan.evaluation.registry import EvalInputs, compute_metrics  # noqa: E402
 from anime_dcgan.params import Params, load_params  # noqa: E402
 from anime_dcgan.tracking import Tracker  # noqa: E402

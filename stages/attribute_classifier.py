@@ -6,15 +6,8 @@ import numpy as np
 
 from anime_dcgan import paths
 from anime_dcgan.device import pick_device
-from anime_dcgan.evaluation.attributes import (
-    save_attribute_classifier,
-    train_attribute_classifier,
-)
-from anime_dcgan.evaluation.evaluate import (
-    CLASSIFIER_FILE,
-    COVERAGE_ATTRIBUTES,
-    coverage_labels,
-)
+from anime_dcgan.evaluation.attributes import save_attribute_classifier, train_attribute_classifier
+from anime_dcgan.evaluation.evaluate import CLASSIFIER_FILE, COVERAGE_ATTRIBUTES, coverage_labels
 from anime_dcgan.params import load_params
 from anime_dcgan.util.io import atomic_dir, atomic_write_json
 from anime_dcgan.util.stage import run_stage

@@ -22,13 +22,7 @@ from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # as when the scripts run: their shared modules beside them
-from conv_limit import (
-    Convolution,
-    conv_limit,
-    convolution_rates,
-    convolution_shapes,
-    forward_backward_flops,
-)
+from conv_limit import Convolution, conv_limit, convolution_rates, convolution_shapes, forward_backward_flops
 
 
 def write_sample_zip(path: Path, count: int) -> Path:

@@ -30,14 +30,7 @@ import yaml
 from http_fixtures import HttpTestServer
 from PIL import Image
 from project_repo import ProjectRepo, copy_repo, make_project_repo
-from servers import (
-    free_port,
-    log_tail,
-    signal_group,
-    start_in_session,
-    stopped_on_failure,
-    wait_until,
-)
+from servers import free_port, log_tail, signal_group, start_in_session, stopped_on_failure, wait_until
 
 from anime_dcgan.paths import CHECKPOINT_ROOT, DOWNLOAD_CACHE
 from anime_dcgan.training.checkpoint import CHECKPOINT_FILE

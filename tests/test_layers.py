@@ -7,11 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from anime_dcgan.training.cpu_ops import (
-    Conv2dTo4x4,
-    ConvTranspose2dFrom4x4,
-    _ConvWithWeightGradAsConv,
-)
+from anime_dcgan.training.cpu_ops import Conv2dTo4x4, ConvTranspose2dFrom4x4, _ConvWithWeightGradAsConv
 
 
 def _pair(transposed: bool, in_channels: int, out_channels: int, memory_format) -> tuple[nn.Module, nn.Module]:

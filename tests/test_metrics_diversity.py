@@ -5,13 +5,7 @@ import pytest
 import torch
 from test_metrics_swd import blob_images
 
-from anime_dcgan.evaluation.diversity import (
-    mean_pairwise_ms_ssim,
-    ms_ssim,
-    ms_ssim_betas,
-    ms_ssim_scales,
-    random_pairs,
-)
+from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim, ms_ssim, ms_ssim_betas, ms_ssim_scales, random_pairs
 
 
 def test_identical_pairs_score_one_and_noise_pairs_near_zero():

@@ -4,11 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from anime_dcgan.evaluation.fid import (
-    feature_statistics,
-    frechet_distance,
-    kernel_inception_distance,
-)
+from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance, kernel_inception_distance
 
 
 def random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:

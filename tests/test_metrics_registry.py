@@ -7,19 +7,8 @@ from test_metrics_swd import blob_images
 
 from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation.attributes import train_attribute_classifier
-from anime_dcgan.evaluation.reference import (
-    PROTOCOL,
-    compute_reference,
-    load_reference,
-    save_reference,
-)
-from anime_dcgan.evaluation.registry import (
-    METRICS,
-    EvalInputs,
-    compute_metrics,
-    count_label,
-    default_metric_names,
-)
+from anime_dcgan.evaluation.reference import PROTOCOL, compute_reference, load_reference, save_reference
+from anime_dcgan.evaluation.registry import METRICS, EvalInputs, compute_metrics, count_label, default_metric_names
 
 
 @pytest.mark.parametrize(("count", "label"), [(1000, "1k"), (2000, "2k"), (5000, "5k"), (50_000, "50k"),

@@ -5,12 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anime_dcgan.evaluation.swd import (
-    _upsample,
-    laplacian_pyramid,
-    level_resolutions,
-    sliced_wasserstein_distance,
-)
+from anime_dcgan.evaluation.swd import _upsample, laplacian_pyramid, level_resolutions, sliced_wasserstein_distance
 
 
 def blob_images(count: int, seed: int, size: int = 64) -> np.ndarray:

@@ -1,14 +1,7 @@
 import pytest
 import torch
 
-from anime_dcgan.training.networks import (
-    Discriminator,
-    Generator,
-    ModelConfig,
-    load_model,
-    model_summary,
-    save_model,
-)
+from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig, load_model, model_summary, save_model
 
 
 @pytest.mark.parametrize("arch", ["article", "dcgan"])

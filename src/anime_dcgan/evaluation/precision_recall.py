@@ -17,11 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anime_dcgan.evaluation.neighbours import (
-    as_feature_pair,
-    inside_any_ball,
-    kth_nearest,
-)
+from anime_dcgan.evaluation.neighbours import as_feature_pair, inside_any_ball, kth_nearest
 
 DEFAULT_K = 3
 

@@ -27,11 +27,7 @@ import torch
 
 from anime_dcgan.evaluation.attributes import AttributeClassifier, mode_coverage
 from anime_dcgan.evaluation.diversity import DEFAULT_PAIRS, mean_pairwise_ms_ssim
-from anime_dcgan.evaluation.fid import (
-    feature_statistics,
-    frechet_distance,
-    kernel_inception_distance,
-)
+from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance, kernel_inception_distance
 from anime_dcgan.evaluation.images import as_uint8_images, subsample
 from anime_dcgan.evaluation.inception import inception_features
 from anime_dcgan.evaluation.memorization import memorization

@@ -39,13 +39,7 @@ from anime_dcgan.training.step import (
     recalibrate_batchnorm,
     train_step,
 )
-from anime_dcgan.util.io import (
-    atomic_dir,
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    file_sha256,
-)
+from anime_dcgan.util.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
 from anime_dcgan.util.visuals import image_grid, save_png
 
 GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)

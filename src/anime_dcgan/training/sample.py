@@ -16,13 +16,7 @@ from PIL import Image
 
 from anime_dcgan.training.networks import Generator
 from anime_dcgan.util.io import atomic_dir, atomic_path
-from anime_dcgan.util.visuals import (
-    image_grid,
-    progress_frames,
-    save_contact_sheet,
-    save_png,
-    save_progress_gif,
-)
+from anime_dcgan.util.visuals import image_grid, progress_frames, save_contact_sheet, save_png, save_progress_gif
 
 
 def latent_for_seed(seed: int, nz: int) -> torch.Tensor:

@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from anime_dcgan.data.readers.base import (
-    FetchJob,
-    SourceError,
-    Tally,
-    classify_member,
-    select,
-)
+from anime_dcgan.data.readers.base import FetchJob, SourceError, Tally, classify_member, select
 
 
 @dataclass(frozen=True)
