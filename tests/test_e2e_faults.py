@@ -33,7 +33,7 @@ from project_repo import ProjectRepo, copy_repo, make_project_repo
 from servers import free_port, log_tail, signal_group, start_in_session, stopped_on_failure, wait_until
 
 from anime_dcgan.paths import CHECKPOINT_ROOT, DOWNLOAD_CACHE
-from anime_dcgan.training.checkpoint import CHECKPOINT_FILE
+from anime_dcgan.training.checkpoint import CHECKPOINT_GLOB, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -117,12 +117,12 @@ def find_stage_process(dvc_process: subprocess.Popen, script: str) -> psutil.Pro
 
 
 def checkpoint_files(repo: ProjectRepo) -> list[Path]:
-    return entries(repo.root / CHECKPOINT_ROOT, f"*/{CHECKPOINT_FILE}")
+    return entries(repo.root / CHECKPOINT_ROOT, f"*/{CHECKPOINT_GLOB}")
 
 
 def read_checkpoint(repo: ProjectRepo) -> dict:
-    (path,) = checkpoint_files(repo)
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own file, with RNG states
+    (folder,) = {path.parent for path in checkpoint_files(repo)}
+    return load_checkpoint(folder)
 
 
 def state_dicts(repo: ProjectRepo) -> dict[str, dict[str, torch.Tensor]]:

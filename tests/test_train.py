@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from anime_dcgan.params import parse_params
@@ -61,7 +62,7 @@ def start_stage(root: Path) -> subprocess.Popen:
 
 def wait_for_checkpoint(root: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_FILE}")):
+    while not list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}")):
         assert process.poll() is None, f"the stage ended before its first checkpoint: {process.communicate()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
@@ -186,3 +187,116 @@ def test_bf16_and_compiled_steps_stay_finite_and_learn(tmp_path):
     assert summary["peak_rss_mb"] > 200  # torch alone maps more than that
     losses = pd.read_csv(root / "metrics/losses.csv")
     assert np.isfinite(losses.drop(columns="step").to_numpy()).all()
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "weights": torch.full((3,), float(step))}
+
+
+def test_checkpoints_carry_a_checksum_the_last_two_are_kept_and_a_damaged_one_is_moved_aside(tmp_path):
+    for step in (4, 8, 12):
+        ckpt.save_checkpoint(tmp_path, _state(step))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000008.pt", "checkpoint_000012.pt"]
+    assert ckpt.load_checkpoint(tmp_path)["step"] == 12
+
+    # same size, one byte flipped inside the payload: torch would still load it, the checksum does not
+    newest = tmp_path / "checkpoint_000012.pt"
+    content = bytearray(newest.read_bytes())
+    content[-40] ^= 0xFF
+    newest.write_bytes(bytes(content))
+    told = []
+    state = ckpt.load_checkpoint(tmp_path, on_damaged=told.append)
+    assert state["step"] == 8 and torch.equal(state["weights"], torch.full((3,), 8.0))
+    assert len(told) == 1 and "checkpoint_000012.pt is unusable" in told[0] and "sha256" in told[0]
+    assert (tmp_path / "checkpoint_000012.pt.damaged").read_bytes() == bytes(content)  # kept for inspection
+
+    # truncated, and then none left: start afresh
+    older = tmp_path / "checkpoint_000008.pt"
+    older.write_bytes(older.read_bytes()[:100])
+    assert ckpt.load_checkpoint(tmp_path, on_damaged=told.append) is None
+    assert "checkpoint_000008.pt is unusable" in told[1]
+    assert not list(tmp_path.glob(ckpt.CHECKPOINT_GLOB))
+
+
+def test_a_damaged_last_checkpoint_resumes_from_the_previous_one_and_ends_bit_identical(tmp_path):
+    settings = {"steps": 200, "checkpoint_every": 20, "log_every": 10, "sample_every": 100}
+    reference = make_workspace(tmp_path / "reference", **settings)
+    assert start_stage(reference).wait() == 0
+
+    root = make_workspace(tmp_path / "killed", **settings)
+    process = start_stage(root)
+    deadline = time.monotonic() + 120
+    while len(list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "no second checkpoint appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    newest = sorted((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}"))[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a write cut short
+
+    resumed = start_stage(root)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"{newest.name} is unusable" in out and "resuming from the previous checkpoint (step" in out
+    summary = json.loads((root / "metrics/train.json").read_text())
+    assert 0 < summary["resumed_from_step"] < 200
+    for name in ("generator.pt", "generator_ema.pt", "discriminator.pt"):
+        ours = torch.load(root / "models" / name, weights_only=True)["state_dict"]
+        theirs = torch.load(reference / "models" / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    run = client(root).get_run(summary["mlflow_run_id"])
+    assert newest.name in run.data.tags["anime_dcgan.damaged_checkpoints"]
+
+
+def _runs(root: Path) -> list:
+    """The store's runs; [] until a stage created it (under the lock Tracker creates the schema with)."""
+    if not (root / "mlflow.db").is_file():
+        return []
+    with FileLock(str(root / "mlflow.db.lock")):
+        experiment = client(root).get_experiment_by_name("anime-dcgan")
+        return client(root).search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _wait_for_running_run(root: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not any(r.info.status == "RUNNING" for r in _runs(root)):
+        assert process.poll() is None, f"the stage ended early: {process.communicate()}"
+        assert time.monotonic() < deadline, "no RUNNING run appeared"
+        time.sleep(0.2)
+
+
+def test_a_run_whose_process_died_is_marked_killed_by_the_next_stage_and_a_live_one_is_left_alone(tmp_path):
+    # SIGKILL before the first checkpoint: no checkpoint names the run, so resuming cannot end it
+    root = make_workspace(tmp_path, steps=100_000, checkpoint_every=50_000)
+    dead = start_stage(root)
+    _wait_for_running_run(root, dead)
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    assert {r.info.status for r in _runs(root)} == {"RUNNING"}  # nobody could end it
+    alive = start_stage(root)  # the next stage opens the store and looks for such runs first
+    deadline = time.monotonic() + 120
+    while len(_runs(root)) < 2 or not any(r.info.status == "RUNNING" for r in _runs(root)):
+        assert alive.poll() is None and time.monotonic() < deadline, "the second stage started no run"
+        time.sleep(0.2)
+    try:
+        Tracker(root)  # a third process opening the store leaves the live run alone
+        by_pid = {r.data.tags["anime_dcgan.pid"]: r for r in _runs(root)}
+        assert by_pid[str(dead.pid)].info.status == "KILLED"
+        assert f"its process {dead.pid}" in by_pid[str(dead.pid)].data.tags["anime_dcgan.ended_by"]
+        assert by_pid[str(alive.pid)].info.status == "RUNNING"  # its process is still training
+    finally:
+        alive.send_signal(signal.SIGTERM)
+        alive.communicate(timeout=60)
+    assert {r.info.status for r in _runs(root)} == {"KILLED"}
+
+
+def test_sighup_ends_the_stage_like_sigterm(tmp_path):
+    root = make_workspace(tmp_path, steps=100_000, checkpoint_every=5)
+    process = start_stage(root)
+    wait_for_checkpoint(root, process)
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 129, err
+    assert "SIGHUP" in err and "no partial output" in err
+    (run,) = _runs(root)
+    assert run.info.status == "KILLED"

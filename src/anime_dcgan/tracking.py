@@ -7,18 +7,23 @@ Where runs go:
 - ``MLFLOW_TRACKING_URI`` overrides both (a shared tracking server). A server that does not answer
   stops the stage at once with a clear message: runs are never silently lost or logged elsewhere.
 
-A run is ended FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM); a run left RUNNING by
-a SIGKILL is marked KILLED when the stage is rerun and resumes (see train.py).
+A run is ended FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP). A run left
+RUNNING by a process that died without ending it (SIGKILL, power loss, a crash of the interpreter)
+is marked KILLED by the next stage that opens the store on the same machine: every run records the
+host, process id and process start time it ran under, and a run whose process is gone is ended,
+with a tag saying when and why.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +85,7 @@ class Tracker:
                     tags={"mlflow.experimentKind": "custom_model_development"})
             else:
                 self.experiment_id = experiment.experiment_id
+        self.end_runs_of_dead_processes()
 
     def run_exists(self, run_id: str | None) -> bool:
         if not run_id:
@@ -102,6 +108,25 @@ class Tracker:
             return True
         return False
 
+    def end_runs_of_dead_processes(self) -> list[str]:
+        """Mark KILLED every RUNNING run that a process of this machine started and that process is
+        gone; returns their ids. Runs of other machines are left alone: their processes cannot be seen."""
+        host = socket.gethostname()
+        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                          max_results=1000)
+        ended = []
+        for run in running:
+            tags = run.data.tags
+            if tags.get(_HOST_TAG) != host or _PID_TAG not in tags or _process_alive(tags):
+                continue
+            found = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self.client.set_tag(run.info.run_id, "anime_dcgan.ended_by",
+                                f"marked KILLED at {found}: its process {tags[_PID_TAG]} on {host} had died "
+                                "without ending the run (SIGKILL, power loss or a crash)")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+        return ended
+
     @contextmanager
     def start_run(self, run_name: str | None, tags: Mapping[str, str]) -> Iterator[Run]:
         """A new run ended FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an exception."""
@@ -123,7 +148,7 @@ class Tracker:
         state = random.getstate()
         random.seed()
         try:
-            return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info
+            return self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **_process_tags()}).info
         finally:
             random.setstate(state)
 
@@ -149,6 +174,39 @@ class Tracker:
                                    "store (restored by dvc pull or the DVC run cache)."})
         self.client.set_terminated(info.run_id, status="FINISHED")
         return self.attach(info.run_id)
+
+
+_HOST_TAG, _PID_TAG, _STARTED_TAG = "anime_dcgan.host", "anime_dcgan.pid", "anime_dcgan.process_started"
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, as the boot id and the start time in clock ticks since boot (Linux):
+    with the pid, it names one process, even after the pid is reused or the machine rebooted."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot_id}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, after the command name
+
+
+def _process_tags() -> dict[str, str]:
+    tags = {_HOST_TAG: socket.gethostname(), _PID_TAG: str(os.getpid())}
+    started = _process_start(os.getpid())
+    return tags | ({_STARTED_TAG: started} if started else {})
+
+
+def _process_alive(tags: Mapping[str, str]) -> bool:
+    pid = int(tags[_PID_TAG])
+    if _STARTED_TAG in tags and Path("/proc").is_dir():
+        return _process_start(pid) == tags[_STARTED_TAG]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 @contextmanager

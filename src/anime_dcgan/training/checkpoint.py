@@ -1,27 +1,35 @@
 """Resumable training state: one folder per run identity, written atomically.
 
 The identity is a hash of the training parameters, the exact training data and every source file
-of the training package (this folder: the networks, the step, the loop, the CPU kernels...), so rerunning a killed stage resumes its own checkpoint while an experiment with any other setting,
-data or code never starts from it ("resume this run" is never "start from these weights").
+of the training package (this folder: the networks, the step, the loop, the CPU kernels...), so
+rerunning a killed stage resumes its own checkpoint while an experiment with any other setting, data
+or code never starts from it ("resume this run" is never "start from these weights").
 Checkpoints live outside DVC's outputs (which DVC deletes before rerunning a stage) under
 `<repo root>/.cache/checkpoints/<identity>/` and are removed once the run has finished.
+
+Each file carries the sha256 of its content, checked on load: a truncated or corrupted checkpoint is
+moved aside (kept for inspection) and the previous one, of the last two kept, is used instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from anime_dcgan.util.io import atomic_torch_save, file_sha256
+from anime_dcgan.util.io import atomic_path, file_sha256
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_GLOB = "checkpoint_*.pt"
+KEEP = 2                     # checkpoints kept: a damaged last one still leaves one to resume from
+_MAGIC = b"anime-dcgan checkpoint sha256="  # then 64 hex digits and a newline, then torch.save's bytes
 TRAINING_PACKAGE = Path(__file__).parent
 
 
@@ -51,17 +59,51 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"checkpoint_{step:06d}.pt"
+
+
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    atomic_torch_save({**state, "rng": capture_rng_state()}, folder / CHECKPOINT_FILE)
+    """Write the state at state["step"] (with every RNG state) and keep only the last KEEP files."""
+    buffer = io.BytesIO()
+    torch.save({**state, "rng": capture_rng_state()}, buffer)
+    payload = buffer.getvalue()
+    with atomic_path(_checkpoint_path(folder, state["step"])) as tmp:
+        tmp.write_bytes(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-KEEP]:
+        old.unlink()
 
 
-def load_checkpoint(folder: Path) -> dict[str, Any] | None:
-    """The saved state, or None when there is none. RNG states are restored by the caller."""
-    path = folder / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that is truncated, corrupted or not one of ours."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    content = path.read_bytes()
+    header_length = len(_MAGIC) + 65
+    if not content.startswith(_MAGIC) or len(content) < header_length:
+        raise DamagedCheckpoint("not a checkpoint of this project (no checksum header)")
+    expected = content[len(_MAGIC):header_length - 1].decode(errors="replace")
+    payload = content[header_length:]
+    if hashlib.sha256(payload).hexdigest() != expected:
+        raise DamagedCheckpoint("its content does not match its sha256: truncated or corrupted")
     # not weights_only: the state holds Python/NumPy RNG states; the file is our own, never downloaded
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(folder: Path, on_damaged: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The newest good saved state, or None. A damaged file is renamed to `<name>.damaged` (kept for
+    inspection) and `on_damaged` is told; the next older one is tried. RNG states are restored by the
+    caller."""
+    for path in sorted(folder.glob(CHECKPOINT_GLOB), reverse=True):
+        try:
+            return _read(path)
+        except DamagedCheckpoint as exc:
+            aside = path.with_name(path.name + ".damaged")
+            path.rename(aside)
+            if on_damaged is not None:
+                on_damaged(f"checkpoint {path} is unusable ({exc}); moved aside to {aside.name}")
+    return None
 
 
 def remove_checkpoints(folder: Path) -> None:

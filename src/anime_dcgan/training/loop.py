@@ -168,13 +168,21 @@ class _Training:
         self.interval = _Interval(self.loop.log_every, runtime.device)
         self.history: list[dict[str, float]] = []
         self.pending: list[tuple[int, dict[str, float]]] = []   # metrics not yet sent to MLflow
+        self.pending_tags: dict[str, str] = {}                    # and tags
         self.collapse_warning = ""
         self.start_step = 0
         self.mlflow_run: Run | None = None
 
     def run(self, tracker: Tracker, outputs: TrainOutputs) -> dict[str, Any]:
         tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": self.folder.name}
-        state = ckpt.load_checkpoint(self.folder)
+        damaged: list[str] = []
+        state = ckpt.load_checkpoint(self.folder, on_damaged=damaged.append)
+        for message in damaged:
+            print(f"train: WARNING: {message}")
+        if damaged:
+            print("train: " + (f"resuming from the previous checkpoint (step {state['step']}) instead"
+                               if state is not None else "no good checkpoint is left: training starts afresh"))
+            tags["anime_dcgan.damaged_checkpoints"] = "; ".join(damaged)[:5000]
         if state is not None:
             self._load_state(state)
             tracker.mark_killed_if_running(state["mlflow_run_id"])
@@ -233,13 +241,18 @@ class _Training:
                 self.history.append(row)
                 self.pending.append((step, _metrics_only(row)))
                 bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
-            if step % loop.sample_every == 0 or last:
-                self._progress_grid(step, z_fixed, real_diversity)
-                self.mlflow_run.log_metrics(self.pending)
-                self.pending = []
+            grid = self._progress_grid(step, z_fixed, real_diversity) if step % loop.sample_every == 0 or last else None
             if step % loop.checkpoint_every == 0 or last:
                 self._check_finite(step)
                 self._save_checkpoint(step)
+            # MLflow only after the checkpoint: a tracking failure never costs the steps since the last one
+            if grid is not None:
+                self.mlflow_run.log_image(grid, key="progress", step=step)
+                self.mlflow_run.log_metrics(self.pending)
+                self.pending = []
+                if self.pending_tags:
+                    self.mlflow_run.set_tags(self.pending_tags)
+                    self.pending_tags = {}
         bar.close()
         self.mlflow_run.log_metrics(self.pending)
         return time.perf_counter() - started
@@ -264,7 +277,8 @@ class _Training:
                 self._read_interval(step)
 
     @torch.no_grad()
-    def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> None:
+    def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> np.ndarray:
+        """The fixed-noise grid (H, W, 3) uint8, saved beside the checkpoints; the collapse check."""
         G = self.gan.generator
         G.eval()  # running statistics: no side effect on training, no dependence on the grid's batch
         with self.runtime.autocast():
@@ -272,7 +286,6 @@ class _Training:
         G.train()
         image = image_grid(to_uint8(samples).cpu())
         save_png(image, self.folder / "progress" / f"step_{step:06d}.png")
-        self.mlflow_run.log_image(image, key="progress", step=step)
         # collapse monitor: spread of the fixed-noise samples relative to real images' spread
         diversity = float(samples.std(dim=0).mean()) / max(real_diversity, 1e-8)
         d_accuracy = self.history[-1]["d_accuracy"] if self.history else float("nan")
@@ -281,7 +294,8 @@ class _Training:
             self.collapse_warning = (f"step {step}: fixed-noise diversity {diversity:.3f} of the real "
                                      f"data's (< {COLLAPSE_DIVERSITY}), discriminator accuracy {d_accuracy:.2f}")
             print(f"WARNING: mode collapse suspected at {self.collapse_warning}")
-            self.mlflow_run.set_tags({"collapse_warning": self.collapse_warning})
+            self.pending_tags["collapse_warning"] = self.collapse_warning
+        return image
 
     def _save_checkpoint(self, step: int) -> None:
         gan = self.gan

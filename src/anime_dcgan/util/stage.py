@@ -1,4 +1,4 @@
-"""What every DVC stage script shares: Ctrl-C and SIGTERM handled, and the errors a user can fix
+"""What every DVC stage script shares: Ctrl-C, SIGTERM and SIGHUP handled, and the errors a user can fix
 printed as one clear message rather than a traceback."""
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from anime_dcgan.errors import PipelineError, Terminated
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise Terminated(f"received signal {signal.Signals(signum).name}")
+    raise Terminated(signum)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGHUP (the terminal or SSH session closed) ends a stage as SIGTERM does
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
     try:
         main()
     except KeyboardInterrupt as exc:
         reason = str(exc) or "interrupted"
         print(f"{name}: {reason}; stopped, no partial output was left behind", file=sys.stderr)
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
+        sys.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
     except PipelineError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)
