@@ -47,6 +47,7 @@ def test_accepts_the_forms_users_write(written, key, expected):
     ({"lr_d": 0.0001}, "lr_d: no longer a parameter: lr is now the learning rate of both networks and lr_g_scale"),
     ({"label_noise": 0.7}, "label_noise: Input should be less than 0.5 (got 0.7)"),
     ({"n_samples": 10, "fid_samples": 100}, "fid_samples: must not exceed n_samples (10)"),
+    ({"fid_samples": 3}, "fid_samples: must be at least 4: precision and recall (k = 3 nearest neighbours)"),
     ({"data": 5}, "data: Input should be a valid dictionary"),
 ])
 def test_a_mistake_names_the_key_the_value_and_what_is_allowed(raw, message):

@@ -300,3 +300,14 @@ def test_sighup_ends_the_stage_like_sigterm(tmp_path):
     assert "SIGHUP" in err and "no partial output" in err
     (run,) = _runs(root)
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY random bytes, not an array", bytes(range(256)) * 40])
+def test_a_damaged_images_file_says_to_rerun_preprocess(tmp_path, content):
+    root = make_workspace(tmp_path)
+    (root / "data/processed/images.npy").write_bytes(content)
+    process = start_stage(root)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "is not a readable .npy file" in err and "rerun the preprocess stage" in err, err
+    assert "Traceback" not in err

@@ -133,16 +133,22 @@ class RuntimeParams(_Strict):
     compile: Literal["auto"] | bool = "auto"
 
 
+MIN_FID_SAMPLES = 4
+
+
 class EvaluationParams(_Strict):
     """The generate and evaluate stages."""
 
     sample_source: Literal["ema", "raw"] = "ema"
     n_samples: Int = Field(2000, ge=1)
-    fid_samples: Int = Field(1000, ge=2)
+    fid_samples: Int = Field(1000)
 
     @field_validator("fid_samples")
     @classmethod
     def _within_samples(cls, value: int, info: ValidationInfo) -> int:
+        if value < MIN_FID_SAMPLES:
+            raise ValueError(f"must be at least {MIN_FID_SAMPLES}: precision and recall (k = 3 nearest "
+                             "neighbours) need more than 3 images on each side")
         n_samples = info.data.get("n_samples")
         if n_samples is not None and value > n_samples:
             raise ValueError(f"must not exceed n_samples ({n_samples}): the evaluate stage scores "

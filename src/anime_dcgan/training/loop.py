@@ -61,7 +61,13 @@ class TrainOutputs:
 
 def load_dataset(path: Path, device: torch.device) -> torch.Tensor:
     """The whole processed dataset as one uint8 (N, 3, S, S) tensor on the device."""
-    images = np.load(path)
+    try:
+        images = np.load(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path} does not exist; run the preprocess stage (dvc repro)") from None
+    except (ValueError, OSError, EOFError) as exc:  # not a .npy file, or a damaged one
+        raise PipelineError(f"{path} is not a readable .npy file ({exc}); rerun the preprocess stage "
+                            "(dvc repro -f preprocess)") from None
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.dtype != np.uint8:
         raise PipelineError(f"{path}: expected uint8 images of shape (N, 3, S, S), got {images.dtype} "
                          f"{images.shape}; rerun the preprocess stage")
