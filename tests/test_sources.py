@@ -146,6 +146,30 @@ def test_zip_slip_members_are_refused_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
 
 
+def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path):
+    # 2 MiB of zeros deflates to about 2 KB: a ~1000-fold ratio, the shape of a zip bomb
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("ok.png", _image_bytes(1))
+        archive.writestr("faces/huge.png", bytes(2 * 2**20))
+    with pytest.raises(SourceError, match=r"'faces/huge\.png' inflates [0-9,]+-fold \(data\.max_compression_ratio: 500\)"):
+        _fetch(tmp_path, bomb)
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+    # a large member declared as such, stored uncompressed (zip) or in a tar: the size limit
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as archive:
+        _add_tar_member(archive, "big.png", bytes(3 * 2**20))
+    with pytest.raises(SourceError, match=r"'big\.png' declares 3\.0 MB \(data\.max_file_mb: 2\).*Raise data\.max_file_mb"):
+        _fetch(tmp_path, big, max_file_mb=2)
+    assert not (tmp_path / "data" / "raw").exists() and _no_leftovers(tmp_path)
+
+    # both limits are settings: raised, the same archives unpack
+    summary, raw_dir = _fetch(tmp_path, bomb, max_compression_ratio=5000)
+    assert summary.n_images == 2 and len(_written(raw_dir)["faces/huge.png"]) == 2 * 2**20
+    assert _fetch(tmp_path, big, max_file_mb=4)[0].n_images == 1
+
+
 def test_tar_absolute_names_links_and_devices_are_refused(tmp_path):
     cases = {"absolute": "/etc/face.png", "symlink": tarfile.SYMTYPE, "fifo": tarfile.FIFOTYPE}
     for case, detail in cases.items():

@@ -12,9 +12,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from anime_dcgan.data.readers.base import FetchJob, SourceError, Tally, classify_member, select
+
+if TYPE_CHECKING:
+    from anime_dcgan.params import DataParams
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class _Member:
     is_file: bool
     refusal: str | None    # why this member alone makes the archive unsafe to unpack
     encrypted: bool
+    size: int              # declared uncompressed bytes
+    packed_size: int | None  # compressed bytes (zip), None where members are not compressed one by one
     handle: Any            # ZipInfo / TarInfo
 
 
@@ -31,7 +36,7 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
         link = stat.S_ISLNK(info.external_attr >> 16)
         yield _Member(info.filename, not info.is_dir(),
                       "is a symbolic link; refusing to unpack links. Re-create the archive without links."
-                      if link else None, bool(info.flag_bits & 0x1), info)
+                      if link else None, bool(info.flag_bits & 0x1), info.file_size, info.compress_size, info)
 
 
 def _tar_members(archive: tarfile.TarFile) -> Iterator[_Member]:
@@ -41,7 +46,7 @@ def _tar_members(archive: tarfile.TarFile) -> Iterator[_Member]:
             refusal = "is a link; refusing to unpack links. Re-create the archive without links (tar --dereference)."
         elif member.isdev():
             refusal = "is a device or pipe; refusing to unpack it. Re-create the archive from image files only."
-        yield _Member(member.name, member.isfile(), refusal, False, member)
+        yield _Member(member.name, member.isfile(), refusal, False, member.size, None, member)
 
 
 @contextmanager
@@ -67,6 +72,28 @@ def safe_member_name(name: str, archive: Path) -> str:
     return "/".join(part for part in parts if part not in ("", "."))
 
 
+def _max_bytes(data: DataParams) -> int:
+    return int(data.max_file_mb * 2**20)
+
+
+def _too_large(what: str, archive: Path, name: str) -> SourceError:
+    return SourceError(f"{archive}: member {name!r} {what}; refusing to unpack it (an archive bomb, or "
+                       "not an image). Raise data.max_file_mb / data.max_compression_ratio if the file "
+                       "is genuine.")
+
+
+def _check_size(member: _Member, archive: Path, data: DataParams) -> None:
+    """Refuse, before writing anything, a member that declares a size or a compression ratio over
+    the limits (zipfile and tarfile never return more bytes than a member declares: a member that
+    holds more fails its CRC check as damaged)."""
+    if member.size > _max_bytes(data):
+        raise _too_large(f"declares {member.size / 2**20:,.1f} MB (data.max_file_mb: {data.max_file_mb:g})",
+                         archive, member.name)
+    if member.packed_size is not None and member.size > data.max_compression_ratio * max(member.packed_size, 1):
+        raise _too_large(f"inflates {member.size / max(member.packed_size, 1):,.0f}-fold "
+                         f"(data.max_compression_ratio: {data.max_compression_ratio:g})", archive, member.name)
+
+
 def read_archive(job: FetchJob, path: Path, file_format: str) -> Tally:
     """Unpack the image members of a zip (`file_format` "zip") or tar ("tar") file."""
     tally = Tally()
@@ -85,6 +112,7 @@ def read_archive(job: FetchJob, path: Path, file_format: str) -> Tally:
                 if member.encrypted:
                     raise SourceError(f"{path}: member {member.name!r} is encrypted; unpack the "
                                       "archive with its password and give the folder instead.")
+                _check_size(member, path, job.data)
                 images[name] = member
         kept = select(images, job.data.max_images, tally)
         # archive order: a compressed tar is read forward once instead of rewound per member
