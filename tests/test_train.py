@@ -60,12 +60,34 @@ def start_stage(root: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(root: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_checkpoint(root: Path, process: subprocess.Popen, count: int = 1, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}")):
+    while len(list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}"))) < count:
         assert process.poll() is None, f"the stage ended before its first checkpoint: {process.communicate()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
+
+
+def uninterrupted_and_killed(tmp_path: Path, settings: dict, checkpoints: int) -> tuple[Path, Path]:
+    """Two workspaces of the same run: one trained to the end, one SIGKILLed once it wrote
+    `checkpoints` checkpoints."""
+    reference = make_workspace(tmp_path / "reference", **settings)
+    assert start_stage(reference).wait() == 0
+    root = make_workspace(tmp_path / "killed", **settings)
+    process = start_stage(root)
+    wait_for_checkpoint(root, process, count=checkpoints)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    return reference, root
+
+
+def assert_same_models(root: Path, reference: Path) -> None:
+    """Bit-identical weights in the two workspaces' models/."""
+    for name in ("generator.pt", "generator_ema.pt", "discriminator.pt"):
+        ours = torch.load(root / "models" / name, weights_only=True)["state_dict"]
+        theirs = torch.load(reference / "models" / name, weights_only=True)["state_dict"]
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
 def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
@@ -106,14 +128,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
 
 def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path):
     settings = {"steps": 300, "checkpoint_every": 20, "log_every": 10, "sample_every": 100}
-    reference = make_workspace(tmp_path / "reference", **settings)
-    assert start_stage(reference).wait() == 0
-
-    root = make_workspace(tmp_path / "killed", **settings)
-    process = start_stage(root)
-    wait_for_checkpoint(root, process)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    reference, root = uninterrupted_and_killed(tmp_path, settings, checkpoints=1)
     saved_step = ckpt.load_checkpoint(next((root / ".cache/checkpoints").iterdir()))["step"]
     assert 0 < saved_step < 300
     killed_run = client(root).search_runs([client(root).get_experiment_by_name("anime-dcgan").experiment_id])[0]
@@ -129,11 +144,7 @@ def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path
     assert resumed.returncode == 0, err
     summary = json.loads((root / "metrics/train.json").read_text())
     assert summary["resumed_from_step"] == saved_step
-    for name in ("generator.pt", "generator_ema.pt", "discriminator.pt"):
-        ours = torch.load(root / "models" / name, weights_only=True)["state_dict"]
-        theirs = torch.load(reference / "models" / name, weights_only=True)["state_dict"]
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert_same_models(root, reference)
     assert (root / "metrics/losses.csv").read_bytes() == (reference / "metrics/losses.csv").read_bytes()
 
     assert client(root).get_run(killed_run.info.run_id).info.status == "KILLED"
@@ -143,14 +154,16 @@ def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path
     assert len(client(root).get_metric_history(run.info.run_id, "loss_g")) == 30  # the whole curve
 
 
-def test_sigterm_ends_the_run_killed_and_writes_no_outputs(tmp_path):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_end_the_run_killed_and_write_no_outputs(tmp_path, signum, status):
+    # SIGHUP: the terminal or SSH session the stage ran in was closed
     root = make_workspace(tmp_path, steps=100_000, checkpoint_every=5)
     process = start_stage(root)
     wait_for_checkpoint(root, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 143
-    assert "SIGTERM" in err and "no partial output" in err
+    assert process.returncode == status, err
+    assert signal.Signals(signum).name in err and "no partial output" in err
     assert not (root / "models").exists() and not (root / "metrics/train.json").exists()
     (run,) = client(root).search_runs([client(root).get_experiment_by_name("anime-dcgan").experiment_id])
     assert run.info.status == "KILLED"
@@ -220,17 +233,7 @@ def test_checkpoints_carry_a_checksum_the_last_two_are_kept_and_a_damaged_one_is
 
 def test_a_damaged_last_checkpoint_resumes_from_the_previous_one_and_ends_bit_identical(tmp_path):
     settings = {"steps": 200, "checkpoint_every": 20, "log_every": 10, "sample_every": 100}
-    reference = make_workspace(tmp_path / "reference", **settings)
-    assert start_stage(reference).wait() == 0
-
-    root = make_workspace(tmp_path / "killed", **settings)
-    process = start_stage(root)
-    deadline = time.monotonic() + 120
-    while len(list((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, "no second checkpoint appeared"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    reference, root = uninterrupted_and_killed(tmp_path, settings, checkpoints=2)
     newest = sorted((root / ".cache/checkpoints").glob(f"*/{ckpt.CHECKPOINT_GLOB}"))[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a write cut short
 
@@ -240,10 +243,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_previous_one_and_ends_bit_id
     assert f"{newest.name} is unusable" in out and "resuming from the previous checkpoint (step" in out
     summary = json.loads((root / "metrics/train.json").read_text())
     assert 0 < summary["resumed_from_step"] < 200
-    for name in ("generator.pt", "generator_ema.pt", "discriminator.pt"):
-        ours = torch.load(root / "models" / name, weights_only=True)["state_dict"]
-        theirs = torch.load(reference / "models" / name, weights_only=True)["state_dict"]
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert_same_models(root, reference)
     run = client(root).get_run(summary["mlflow_run_id"])
     assert newest.name in run.data.tags["anime_dcgan.damaged_checkpoints"]
 
@@ -289,17 +289,6 @@ def test_a_run_whose_process_died_is_marked_killed_by_the_next_stage_and_a_live_
         alive.communicate(timeout=60)
     assert {r.info.status for r in _runs(root)} == {"KILLED"}
 
-
-def test_sighup_ends_the_stage_like_sigterm(tmp_path):
-    root = make_workspace(tmp_path, steps=100_000, checkpoint_every=5)
-    process = start_stage(root)
-    wait_for_checkpoint(root, process)
-    process.send_signal(signal.SIGHUP)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 129, err
-    assert "SIGHUP" in err and "no partial output" in err
-    (run,) = _runs(root)
-    assert run.info.status == "KILLED"
 
 
 @pytest.mark.parametrize("content", [b"", b"\x93NUMPY random bytes, not an array", bytes(range(256)) * 40])
