@@ -1,4 +1,4 @@
-"""The training loop around the pure step of gan.py: data on the device, logging, progress grids,
+"""The training loop around the pure step of step.py: data on the device, logging, progress grids,
 the collapse monitor, divergence checks, checkpoints and exact resume, and the exported models.
 
 The step itself never synchronises with the host: its metrics are summed on the device and read
