@@ -59,8 +59,8 @@ class DataParams(_Strict):
     min_size: Int = Field(32, ge=1)
     image_column: str | None = None
     workers: Int = Field(0, ge=0, le=256)
-    max_file_mb: Float = Field(64.0, gt=0)            # an archive member larger than this is refused
-    max_compression_ratio: Float = Field(500.0, ge=1)  # and one that inflates more than this
+    max_file_mb: Int = Field(64, ge=1)             # an archive member larger than this is refused
+    max_compression_ratio: Int = Field(500, ge=1)  # and one that inflates more than this
 
     _check_size = field_validator("image_size")(_power_of_two)
 
