@@ -32,6 +32,16 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
+def committed_params_text() -> str:
+    """params.yaml as committed (HEAD), not as an experiment applied to the workspace left it: the
+    tests run on the defaults whatever `dvc exp run` / `dvc exp apply` did to the working tree."""
+    try:
+        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=PROJECT, capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (an unpacked source archive)
+        return (PROJECT / "params.yaml").read_text()
+
+
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
@@ -105,6 +115,7 @@ def make_project_repo(root: Path, **param_overrides: Any) -> ProjectRepo:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, target)
+    (root / "params.yaml").write_text(committed_params_text())
     home = root.parent / f".{root.name}-home"
     home.mkdir(exist_ok=True)
     repo = ProjectRepo(root, repo_env(home))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from project_repo import PROJECT, ProjectRepo, copy_repo
+from project_repo import PROJECT, ProjectRepo, committed_params_text, copy_repo
 
 from anime_dcgan.tracking import flatten
 
@@ -386,7 +386,7 @@ def test_out_of_range_value_stops_the_train_stage_before_training(reproduced_rep
 def test_every_readme_parameter_can_be_set_with_dash_s(project_repo: ProjectRepo):
     repo = project_repo
     table = readme_parameter_table()
-    project_params = flatten(yaml.safe_load((PROJECT / "params.yaml").read_text()))
+    project_params = flatten(yaml.safe_load(committed_params_text()))
     assert set(table) == set(project_params), (
         "README.md's parameter table and params.yaml disagree: "
         f"only in README {sorted(set(table) - set(project_params))}, "
