@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anime_dcgan.util.io import atomic_path, file_sha256
+from anime_dcgan.util.io import atomic_write_bytes, file_sha256
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 KEEP = 2                     # checkpoints kept: a damaged last one still leaves one to resume from
@@ -68,8 +68,8 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save({**state, "rng": capture_rng_state()}, buffer)
     payload = buffer.getvalue()
-    with atomic_path(_checkpoint_path(folder, state["step"])) as tmp:
-        tmp.write_bytes(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    atomic_write_bytes(_checkpoint_path(folder, state["step"]),
+                       _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
     for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-KEEP]:
         old.unlink()
 
@@ -104,6 +104,12 @@ def load_checkpoint(folder: Path, on_damaged: Callable[[str], None] | None = Non
             if on_damaged is not None:
                 on_damaged(f"checkpoint {path} is unusable ({exc}); moved aside to {aside.name}")
     return None
+
+
+def latest_step(folder: Path) -> int | None:
+    """The step of the newest checkpoint file in `folder` (unverified), or None."""
+    names = sorted(folder.glob(CHECKPOINT_GLOB))
+    return int(names[-1].stem.removeprefix("checkpoint_")) if names else None
 
 
 def remove_checkpoints(folder: Path) -> None:

@@ -1,5 +1,5 @@
 """What every DVC stage script shares: Ctrl-C, SIGTERM and SIGHUP handled, and the errors a user can fix
-printed as one clear message rather than a traceback."""
+(a PipelineError, a full or read-only disk) printed as one clear message rather than a traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from anime_dcgan.errors import PipelineError, Terminated
+from anime_dcgan.errors import PipelineError, Terminated, storage_problem
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:
@@ -27,4 +27,10 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         sys.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
     except PipelineError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        problem = storage_problem(exc)  # a full disk met outside the atomic writers (a library's own write)
+        if problem is None:
+            raise
+        print(f"{name}: error: {problem}", file=sys.stderr)
         sys.exit(1)
