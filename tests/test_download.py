@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from http_fixtures import HttpTestServer
 
-from anime_dcgan.data.http import DownloadError, cached_file_path, download
+from anime_dcgan.data.http import CHUNK_BYTES, DownloadError, cached_file_path, download
 
 FAST = {"progress": False, "backoff_s": 0.01}
 
@@ -26,6 +33,51 @@ def _serve(server: HttpTestServer, name: str, content: bytes) -> str:
 
 def _gets(server: HttpTestServer, name: str) -> list:
     return [request for request in server.requests_for(name) if request.method == "GET"]
+
+
+def _part_of(url: str, cache: Path) -> Path:
+    target = cached_file_path(url, cache)
+    return target.with_name(target.name + ".part")
+
+
+@contextmanager
+def _trickling_server(content: bytes, piece_bytes: int, pause_s: float,
+                      cut_first_after: int) -> Iterator[tuple[str, list[str]]]:
+    """Serves `content` (with Range) `piece_bytes` at a time, `pause_s` apart: a slow link that never
+    goes quiet for long. The first GET hangs up after `cut_first_after` body bytes. Yields the URL and
+    the Range header of each GET ("" for none)."""
+    ranges: list[str] = []
+
+    class Trickle(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            ranges.append(self.headers.get("Range", ""))
+            start = int(ranges[-1].removeprefix("bytes=").removesuffix("-") or 0)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(content) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+            self.end_headers()
+            end = start + cut_first_after if len(ranges) == 1 else len(content)
+            for offset in range(start, end, piece_bytes):
+                self.wfile.write(content[offset:min(offset + piece_bytes, end)])
+                self.wfile.flush()
+                time.sleep(pause_s)
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/faces.zip", ranges
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_downloads_into_the_cache_and_reuses_the_file_without_network(http_server, tmp_path):
@@ -187,3 +239,72 @@ def test_cache_names_are_distinct_per_url_and_safe(tmp_path: Path):
     assert first.name.endswith("-data.zip") and second.name.endswith("-data.zip")
     assert first != second
     assert odd.name.endswith("-download") and odd.parent == tmp_path
+
+
+def test_a_server_that_never_answers_is_given_up_on_at_the_stall_bound(tmp_path):
+    stall_s, timeout_s, retries = 2.0, 0.8, 5
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never sends a byte
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/faces.zip"
+        started = time.monotonic()
+        with pytest.raises(DownloadError) as error:
+            download(url, tmp_path / "cache", retries=retries, timeout_s=timeout_s, stall_timeout_s=stall_s,
+                     **FAST)
+        elapsed = time.monotonic() - started
+        silent.setblocking(False)
+        attempts = 0
+        while True:  # every attempt left one connection in the queue
+            try:
+                silent.accept()[0].close()
+            except BlockingIOError:
+                break
+            attempts += 1
+
+    # before: each attempt waited its whole timeout, (retries + 1) x timeout_s: 4.8 s here, 6.5 min by default
+    assert stall_s - 0.05 <= elapsed < stall_s + 1.0 < (retries + 1) * timeout_s
+    message = str(error.value)
+    assert re.search(rf"^{re.escape(url)}: no new data for 2\.\d s over {attempts} attempts \(last: nothing "
+                     r"received for 0\.\d s\)\. Check the network connection and the URL, then run again: "
+                     r"the next run starts the download again\.$", message), message
+    assert attempts == 3  # 0.8 s, 0.8 s, then the 0.4 s left
+    assert "Traceback" not in message and "\n" not in message
+    assert not _part_of(url, tmp_path / "cache").exists()
+
+
+def test_a_slow_download_that_keeps_moving_is_not_cut_by_the_stall_bound(tmp_path):
+    stall_s = 1.0
+    content = _payload(4 * CHUNK_BYTES)
+    # a chunk reaches the disk every 0.6 s; the first GET is cut after three of them (1.8 s)
+    with _trickling_server(content, piece_bytes=CHUNK_BYTES // 4, pause_s=0.15,
+                           cut_first_after=3 * CHUNK_BYTES) as (url, ranges):
+        started = time.monotonic()
+        path = download(url, tmp_path / "cache", timeout_s=stall_s, stall_timeout_s=stall_s, **FAST)
+        elapsed = time.monotonic() - started
+
+    assert path.read_bytes() == content
+    assert ranges == ["", f"bytes={3 * CHUNK_BYTES}-"]  # resumed once, after the cut
+    assert elapsed > 2 * stall_s  # far longer than the bound in all, never that long without new data
+
+
+@pytest.mark.parametrize("bytes_on_disk", [0, 12_345], ids=["no-part-file", "part-file-with-bytes"])
+def test_the_give_up_message_says_resume_only_when_bytes_are_on_disk(http_server, tmp_path, bytes_on_disk):
+    content = _payload(50_000)
+    url = _serve(http_server, "faces.zip", content)
+    http_server.fail_first("/faces.zip", count=100, status=503)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    part = _part_of(url, cache)
+    if bytes_on_disk:
+        part.write_bytes(content[:bytes_on_disk])
+
+    with pytest.raises(DownloadError) as error:
+        download(url, cache, retries=1, **FAST)
+
+    message = str(error.value)
+    assert message.startswith(f"{url}: failed 2 times in a row (last: HTTP 503 ")
+    if bytes_on_disk:
+        assert message.endswith(f"run again: the download resumes from the 12,345 bytes already in {part}.")
+    else:
+        assert message.endswith("run again: the next run starts the download again.")
+        assert "resume" not in message and not part.exists()

@@ -9,6 +9,8 @@ import logging
 import os
 import random
 import re
+import shutil
+import signal
 import socket
 import tarfile
 import time
@@ -358,6 +360,40 @@ def test_a_failing_fetch_leaves_the_previous_raw_dir_untouched(tmp_path):
     _fetch(tmp_path, second)  # a successful fetch replaces everything
     assert _written(raw_dir) == {"b.png": _image_bytes(2)}
     assert _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_an_interrupted_fetch_leaves_no_staging_folder(tmp_path, monkeypatch, presses):
+    """A real SIGINT midway through copying a folder. Pressed twice, the second one lands in the
+    cleanup just after images/ is removed, before the staging folder itself: it used to stay, empty."""
+    _, raw_dir = _fetch(tmp_path, _write_tree(tmp_path / "first", {"a.png": _image_bytes(1)}))
+    copy_file, remove_dir = shutil.copyfile, os.rmdir
+    copied, presses_left = [], [presses]
+
+    def ctrl_c() -> None:
+        presses_left[0] -= 1
+        signal.raise_signal(signal.SIGINT)
+
+    def copy_then_ctrl_c(source, destination):
+        copy_file(source, destination)
+        copied.append(destination)
+        if len(copied) == 3:
+            ctrl_c()
+        return destination
+
+    def rmdir_then_ctrl_c(path, *args, **kwargs):
+        remove_dir(path, *args, **kwargs)
+        if Path(path).name == "images" and presses_left[0]:
+            ctrl_c()
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_ctrl_c)
+    monkeypatch.setattr(os, "rmdir", rmdir_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _fetch(tmp_path, _write_tree(tmp_path / "src", FACES))
+
+    assert len(copied) == 3 and presses_left == [0]
+    assert not (tmp_path / "data" / ".raw.partial").exists() and _no_leftovers(tmp_path)
+    assert _written(raw_dir) == {"a.png": _image_bytes(1)}  # the previous raw_dir is untouched
 
 
 # -- URLs ------------------------------------------------------------------------------------------

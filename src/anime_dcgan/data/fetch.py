@@ -3,8 +3,8 @@
 `fetch_source` fills ``raw_dir/images/`` (plus ``raw_dir/attributes.csv`` when the source carries
 labels) from one of the forms listed in ACCEPTED_FORMS, each read by its reader in readers/. The new
 raw_dir is built under a hidden sibling name and swapped in only when complete, so an interrupted or
-failed fetch never leaves a half-filled raw_dir. Downloads go to `cache_dir`, which survives DVC
-removing outputs before a rerun.
+failed fetch never leaves a half-filled raw_dir, and that staging folder is removed with it. Downloads
+go to `cache_dir`, which survives DVC removing outputs before a rerun.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def fetch_source(data: DataParams, seed: int, raw_dir: Path, cache_dir: Path,
     raw_dir, cache_dir = Path(raw_dir), Path(cache_dir)
     staging = raw_dir.with_name(f".{raw_dir.name}.partial")
     retired = raw_dir.with_name(f".{raw_dir.name}.old")
-    for leftover in (staging, retired):  # from a run that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
+    for leftover in (staging, retired):  # from a run that was killed (SIGKILL: its cleanup never ran)
+        _remove_tree(leftover)
     try:
+        # inside the try: an interrupt between creating staging and its images/ must clean up too
+        (staging / "images").mkdir(parents=True)
         job = FetchJob(data, seed, staging, cache_dir, progress)
         kind, detail, tally = _fill(job, raw_dir)
         if tally.n_images == 0:
@@ -96,14 +97,31 @@ def fetch_source(data: DataParams, seed: int, raw_dir: Path, cache_dir: Path,
             raise SourceError(f"data.source {data.source!r} contains no images{skipped}. Images must "
                               f"end in one of {', '.join(sorted(IMAGE_EXTENSIONS))}.")
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        # Never kept: what a rerun resumes from lives in cache_dir (a download's .part file), so the
+        # staging folder only ever holds an unfinished copy.
+        _remove_tree(staging)
         raise
     if raw_dir.exists():
         raw_dir.rename(retired)
     staging.rename(raw_dir)
-    shutil.rmtree(retired, ignore_errors=True)
+    _remove_tree(retired)
     return FetchSummary(data.source, kind, tally.n_images, tally.n_skipped,
                         tuple(tally.skipped_examples), detail)
+
+
+def _remove_tree(folder: Path) -> None:
+    """shutil.rmtree that a Ctrl-C or SIGTERM cannot cut short: the removal finishes, then the stop
+    goes on. Cut short, it leaves the folder half removed, or empty once images/ is gone: Ctrl-C
+    pressed twice lands the second one in the cleanup of the first."""
+    stop: KeyboardInterrupt | None = None
+    while True:
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:  # Terminated (SIGTERM, SIGHUP) is one too
+            stop = exc
+    if stop is not None:
+        raise stop
 
 
 def _fill(job: FetchJob, raw_dir: Path) -> tuple[str, str, Tally]:

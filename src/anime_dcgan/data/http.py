@@ -28,7 +28,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from anime_dcgan import __version__
-from anime_dcgan.errors import PipelineError
+from anime_dcgan.errors import PipelineError, StorageError, storage_problem
 from anime_dcgan.util.io import file_sha256
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK_BYTES = 1 << 16  # also the most a cut connection can cost: a partial chunk is lost
 MAX_RETRY_AFTER_S = 60.0
+# A server that accepts connections and then says nothing would otherwise cost each retry a full
+# timeout (6 x 60 s): a download gives up once this long has passed without new data.
+DEFAULT_STALL_TIMEOUT_S = 120.0
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _T = TypeVar("_T")
 
@@ -51,6 +54,23 @@ class DownloadError(PipelineError, RuntimeError):
         super().__init__(message)
         self.url = url
         self.status = status
+
+
+class _StallClock:
+    """The time since a download last saved data to its .part file, across attempts and the waits between."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.last_byte_at = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_byte_at = time.monotonic()
+
+    def waited_s(self) -> float:
+        return time.monotonic() - self.last_byte_at
+
+    def left_s(self) -> float:
+        return self.limit_s - self.waited_s()
 
 
 class _TransientError(Exception):
@@ -72,12 +92,16 @@ def cached_file_path(url: str, cache_dir: Path) -> Path:
 
 def download(url: str, cache_dir: Path, sha256: str | None = None,
              progress: bool = True, retries: int = 5, *, backoff_s: float = 1.0,
-             timeout_s: float = 60.0) -> Path:
+             timeout_s: float = 60.0, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> Path:
     """Download `url` into `cache_dir` (resuming a partial download) and return the finished file.
 
     sha256: the expected hex digest; a mismatch deletes the file and raises DownloadError.
     retries: how many failed attempts in a row (no new bytes) are retried before giving up; the
     wait doubles each time, from `backoff_s` seconds. A failure with new bytes resets the count.
+    timeout_s: the longest one attempt waits to connect or for the next bytes.
+    stall_timeout_s: the longest the whole download may go without new data, over all attempts and
+    the waits between them. Each chunk saved to the .part file restarts it, and it only caps each
+    attempt's timeout and stops further retries, so an attempt that keeps receiving data is never cut.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -94,13 +118,10 @@ def download(url: str, cache_dir: Path, sha256: str | None = None,
         request_headers = {"User-Agent": f"anime-dcgan/{__version__}",
                            # a compressed body would make byte offsets (Range) meaningless
                            "Accept-Encoding": "identity"}
+        stall = _StallClock(stall_timeout_s)
         with requests.Session() as session:
-            _with_retries(
-                lambda: _transfer(session, url, part, request_headers, progress, timeout_s),
-                url, retries, backoff_s,
-                bytes_on_disk=lambda: part.stat().st_size if part.exists() else 0,
-                give_up_hint=f"Check the network connection and run again: the download resumes "
-                             f"from the bytes already in {part}.")
+            _with_retries(lambda: _transfer(session, url, part, request_headers, progress, timeout_s, stall),
+                          url, part, retries, backoff_s, stall)
         if expected is not None:
             actual = file_sha256(part)
             if actual != expected:
@@ -113,34 +134,56 @@ def download(url: str, cache_dir: Path, sha256: str | None = None,
     return target
 
 
-def _with_retries(attempt: Callable[[], _T], url: str, retries: int, backoff_s: float,
-                  bytes_on_disk: Callable[[], int], give_up_hint: str) -> _T:
+def _with_retries(attempt: Callable[[], _T], url: str, part: Path, retries: int, backoff_s: float,
+                  stall: _StallClock) -> _T:
     failures_in_a_row = 0
     while True:
-        bytes_before = bytes_on_disk()
+        bytes_before = _bytes_in(part)
         try:
             return attempt()
         except _TransientError as exc:
             # a cut after new bytes still moved the download forward: only stalls count
-            failures_in_a_row = 1 if bytes_on_disk() > bytes_before else failures_in_a_row + 1
+            failures_in_a_row = 1 if _bytes_in(part) > bytes_before else failures_in_a_row + 1
             if failures_in_a_row > retries:
                 raise DownloadError(f"{url}: failed {failures_in_a_row} times in a row (last: {exc}). "
-                                    f"{give_up_hint}", url) from exc
+                                    f"{_next_run_hint(part)}", url) from exc
             delay_s = backoff_s * 2 ** (failures_in_a_row - 1)
             if exc.retry_after_s is not None:
                 delay_s = max(delay_s, min(exc.retry_after_s, MAX_RETRY_AFTER_S))
+            if delay_s >= stall.left_s():  # the next attempt would start past the deadline
+                raise DownloadError(f"{url}: no new data for {_seconds(stall.waited_s())} over "
+                                    f"{failures_in_a_row} attempt{'s' if failures_in_a_row > 1 else ''} "
+                                    f"(last: {exc}). {_next_run_hint(part)}", url) from exc
             log.warning("%s: %s; retrying in %.1f s", url, exc, delay_s)
             time.sleep(delay_s)
 
 
+def _bytes_in(part: Path) -> int:
+    return part.stat().st_size if part.exists() else 0
+
+
+def _next_run_hint(part: Path) -> str:
+    size = _bytes_in(part)
+    if size:
+        return (f"Check the network connection and the URL, then run again: the download resumes from "
+                f"the {size:,} bytes already in {part}.")
+    return "Check the network connection and the URL, then run again: the next run starts the download again."
+
+
+def _seconds(duration_s: float) -> str:
+    return f"{duration_s:.0f} s" if duration_s >= 10 else f"{duration_s:.1f} s"
+
+
 def _transfer(session: requests.Session, url: str, part: Path, headers: dict[str, str],
-              progress: bool, timeout_s: float) -> None:
+              progress: bool, timeout_s: float, stall: _StallClock) -> None:
     """One attempt: append the missing bytes to `part`; raises _TransientError if it falls short."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset, total = _bytes_in(part), None
     if offset:
         headers = {**headers, "Range": f"bytes={offset}-"}
+    # never wait past the download's no-progress deadline (a floor keeps the timeout valid for requests)
+    attempt_timeout_s = max(min(timeout_s, stall.left_s()), 0.01)
     try:
-        with session.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
+        with session.get(url, headers=headers, stream=True, timeout=attempt_timeout_s) as response:
             if response.status_code == 416 and offset:
                 total = _total_from_content_range(response.headers.get("Content-Range", ""))
                 if total is None or total == offset:
@@ -165,13 +208,20 @@ def _transfer(session: requests.Session, url: str, part: Path, headers: dict[str
                                                disable=not progress, leave=False) as bar:
                 for chunk in response.iter_content(CHUNK_BYTES):
                     out.write(chunk)
+                    stall.progressed()
                     bar.update(len(chunk))
     except requests.exceptions.SSLError as exc:
         raise DownloadError(f"{url}: TLS/SSL error: {exc}. Check the URL and the system "
                             "certificates.", url) from exc
-    except (requests.ConnectionError, requests.Timeout,
-            requests.exceptions.ChunkedEncodingError) as exc:
+    except requests.Timeout as exc:  # before ConnectionError: a ConnectTimeout is both
+        raise _TransientError(f"nothing received for {_seconds(attempt_timeout_s)}") from exc
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
         raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # the .part file's disk: full or read-only (the bytes so far stay for a rerun)
+        problem = storage_problem(exc, part, None if total is None else total - _bytes_in(part))
+        if problem is None:
+            raise
+        raise StorageError(problem) from None
     size = part.stat().st_size
     if total is not None and size != total:
         raise _TransientError(f"the connection ended after {size} of {total} bytes")
