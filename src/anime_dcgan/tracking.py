@@ -12,17 +12,28 @@ RUNNING by a process that died without ending it (SIGKILL, power loss, a crash o
 is marked KILLED by the next stage that opens the store on the same machine: every run records the
 host, process id and process start time it ran under, and a run whose process is gone is ended,
 with a tag saying when and why.
+
+Every call ends within a bounded time. HTTP calls use MLflow's own retry settings, given defaults
+here that give up after about a minute (MLflow's own: 8 minutes); a locked sqlite store is waited
+for up to ANIME_DCGAN_TRACKING_WAIT_S seconds (60), saying who holds it. Then the call raises
+TrackingUnavailable (one line), and a full or read-only store raises the OSError the stage prints
+as one line. The training loop keeps training through such an outage (see training/loop.py).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import os
 import random
 import socket
+import sqlite3
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,10 +46,21 @@ from anime_dcgan.paths import repo_root
 EXPERIMENT_NAME = os.environ.get("MLFLOW_EXPERIMENT_NAME", "anime-dcgan")
 _BATCH_LIMIT = 1000  # MLflow's limit on metrics per log_batch call
 _PARAMS_LIMIT = 100  # and on params
+# MLflow's HTTP retries (7, with a backoff of 2 s doubling, a 120 s timeout each) take over 8 minutes
+# to give up on a server that is gone; these bound one call to about a minute. The user's own
+# settings of these variables win.
+for _variable, _default in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "12"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
+                            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
+    os.environ.setdefault(_variable, _default)
 
 
 class TrackingUnavailable(PipelineError):
     """The configured MLflow tracking server cannot be reached."""
+
+
+def tracking_wait_s() -> float:
+    """How long a call waits for a locked sqlite store, and the end of training for the store to answer."""
+    return float(os.environ.get("ANIME_DCGAN_TRACKING_WAIT_S", "60"))
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -60,22 +82,126 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
+# calls that are not safe to repeat: log_image saves its files, then writes a tag, which may fail
+_TRIED_ONCE = {"log_image"}
+
+
+class _BoundedClient:
+    """An MlflowClient whose every call ends within a bounded time, with one clear line when it fails."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.db_path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        self._client = None  # made at the first call: making it reads (or creates) the sqlite schema
+        self._said_locked = False
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return functools.partial(self._call, name)
+
+    def _mlflow(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            # the store's sqlalchemy errors come back to us as exceptions, handled below: not its traceback too
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in _TRIED_ONCE:
+            try:
+                return getattr(self._mlflow(), name)(*args, **kwargs)
+            except Exception as exc:
+                if self._locked(exc):
+                    raise TrackingUnavailable(f"the MLflow store {self.db_path} is locked{self._holders()}") from None
+                raise
+        wait = tracking_wait_s()
+        deadline = time.monotonic() + wait  # each try itself waits up to MLflow's sqlite busy timeout (20 s)
+        while True:
+            try:
+                return getattr(self._mlflow(), name)(*args, **kwargs)
+            except Exception as exc:
+                if not self._locked(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TrackingUnavailable(f"the MLflow store {self.db_path} stayed locked for {wait:.0f} s"
+                                              f"{self._holders()}; close what holds it and rerun") from None
+                self.say_locked()
+                time.sleep(0.5)
+
+    def _locked(self, exc: Exception) -> bool:
+        """Whether `exc` is a locked sqlite store; raises the one-line error for an unreachable server
+        or a full or read-only store."""
+        import requests
+
+        text = str(exc)
+        if self.db_path is not None:
+            for marker, code in (("database or disk is full", errno.ENOSPC), ("readonly database", errno.EROFS)):
+                if marker in text:
+                    raise OSError(code, os.strerror(code), str(self.db_path)) from None
+            return "database is locked" in text
+        if isinstance(exc, requests.RequestException) or text.startswith("API request to"):
+            reason = "no answer in time" if "timed out" in text.lower() or "timeout" in text.lower() else (
+                "connection refused" if "refused" in text.lower() else text.splitlines()[0][:200])
+            raise TrackingUnavailable(f"MLflow tracking server {self.uri} stopped answering ({reason})") from None
+        return False
+
+    def say_locked(self) -> None:
+        if not self._said_locked:
+            print(f"tracking: the MLflow store {self.db_path} is locked{self._holders()}; waiting up to "
+                  f"{tracking_wait_s():.0f} s (ANIME_DCGAN_TRACKING_WAIT_S)", file=sys.stderr, flush=True)
+            self._said_locked = True
+
+    def _holders(self) -> str:
+        """' (open in pid 12 (sqlite3 mlflow.db))': the other processes that have the store open."""
+        import psutil
+
+        store, found = str(self.db_path.resolve()), []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if process.pid == os.getpid():
+                continue
+            try:
+                if any(f.path == store for f in process.open_files()):
+                    found.append(f"pid {process.pid} ({' '.join(process.info['cmdline'] or [])[:80]})")
+            except (psutil.Error, OSError):
+                continue
+        return f" (open in {', '.join(found)})" if found else ""
+
+    def answers(self) -> bool:
+        """Whether the store takes writes now: a probe of two seconds at most."""
+        if self.db_path is not None:
+            try:
+                with closing(sqlite3.connect(self.db_path, timeout=1)) as db:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.rollback()
+                return True
+            except sqlite3.Error:
+                return False
+        import requests
+
+        try:
+            return requests.get(self.uri.rstrip("/") + "/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+
 class Tracker:
     """A client bound to one store and experiment; creates the sqlite schema and experiment safely
     when several stages (for example `dvc queue start -j 2` workers) start at once."""
 
     def __init__(self, root: Path | None = None):
         from filelock import FileLock
-        from mlflow.tracking import MlflowClient
 
         self.root = root or repo_root()
         self.uri = tracking_uri(self.root)
         _check_server(self.uri)
         local = self.uri.startswith("sqlite:")
+        self.client = _BoundedClient(self.uri)
+        if self.client.db_path is not None and self.client.db_path.exists() and not self.client.answers():
+            self.client.say_locked()
         # sqlite schema creation/migration and experiment creation race between processes: serialise
         lock = FileLock(str(self.root / "mlflow.db.lock")) if local else _no_lock()
         with lock:
-            self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
             if experiment is None:
                 artifacts = (self.root / "mlruns").as_uri() if local else None
@@ -134,13 +260,18 @@ class Tracker:
         run = Run(self, info.run_id)
         try:
             yield run
-        except KeyboardInterrupt:
-            self.client.set_terminated(info.run_id, status="KILLED")
-            raise
-        except BaseException:
-            self.client.set_terminated(info.run_id, status="FAILED")
+        except BaseException as exc:
+            if not isinstance(exc, TrackingUnavailable):
+                try:
+                    self.client.set_terminated(info.run_id,
+                                               status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                except (TrackingUnavailable, OSError):
+                    pass  # the store failed too: the next stage marks the run, its process being gone
             raise
         self.client.set_terminated(info.run_id, status="FINISHED")
+
+    def answers(self) -> bool:
+        return self.client.answers()
 
     def _create_run(self, name: str | None, tags: Mapping[str, str]):
         # MLflow draws a missing run name from Python's global `random`, which training seeds: with a
@@ -218,6 +349,7 @@ class Run:
     def __init__(self, tracker: Tracker, run_id: str):
         self.client = tracker.client
         self.run_id = run_id
+        self._images_tried: set[tuple[str, int]] = set()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -228,13 +360,22 @@ class Run:
 
     def log_metrics(self, rows: Iterable[tuple[int, Mapping[str, float]]]) -> None:
         """Log many (step, {name: value}) rows in a few batched writes (never one write per step)."""
+        self.send_metrics(list(rows))
+
+    def send_metrics(self, pending: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Log and remove the rows of `pending` a batch at a time: when the store fails midway, the
+        rows not yet logged are the ones left, so a later call sends each exactly once."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), now, int(step))
-                   for step, values in rows for name, value in values.items()]
-        for start in range(0, len(metrics), _BATCH_LIMIT):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + _BATCH_LIMIT])
+        while pending:
+            batch, count = [], 0
+            while count < len(pending) and (not batch or len(batch) + len(pending[count][1]) <= _BATCH_LIMIT):
+                step, values = pending[count]
+                batch += [Metric(name, float(value), now, int(step)) for name, value in values.items()]
+                count += 1
+            self.client.log_batch(self.run_id, metrics=batch)
+            del pending[:count]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -242,7 +383,13 @@ class Run:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        """An (H, W, 3) uint8 image shown by step in the MLflow UI (progress grids)."""
+        """An (H, W, 3) uint8 image shown by step in the MLflow UI (progress grids). Logged once even
+        when a try failed after saving it (log_image writes the image, then a tag)."""
+        if (key, step) in self._images_tried and any(
+                f"{key}+step+{step}+" in artifact.path for artifact in self.client.list_artifacts(self.run_id, "images")):
+            self.client.set_tag(self.run_id, "mlflow.loggedImages", "True")  # what that try did not get to
+            return
+        self._images_tried.add((key, step))
         self.client.log_image(self.run_id, image, key=key, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:

@@ -3,6 +3,12 @@ the collapse monitor, divergence checks, checkpoints and exact resume, and the e
 
 The step itself never synchronises with the host: its metrics are summed on the device and read
 only every `log_every` steps (that read is where a NaN/inf is caught).
+
+MLflow is told after each checkpoint is written, so a tracking failure never costs a step. When the
+store stops answering mid-training (a server gone, an sqlite store locked), training goes on: the
+metrics, tags and progress grids wait and are sent, each once, when it answers again (probed at
+every grid). At the end the stage waits up to ANIME_DCGAN_TRACKING_WAIT_S seconds for the store,
+then stops with one line, its final checkpoint kept: the rerun resumes there and only exports.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from tqdm import tqdm
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import Params
-from anime_dcgan.tracking import Run, Tracker, provenance_tags, run_name
+from anime_dcgan.tracking import Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
 from anime_dcgan.training.cpu_ops import use_cpu_kernels
 from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
@@ -40,7 +46,7 @@ from anime_dcgan.training.step import (
     train_step,
 )
 from anime_dcgan.util.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
-from anime_dcgan.util.visuals import image_grid, save_png
+from anime_dcgan.util.visuals import image_grid, load_png, save_png
 
 GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)
 COLLAPSE_DIVERSITY = 0.2       # fixed-noise diversity below this share of the real data's = collapse
@@ -133,6 +139,11 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
                            f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
         return _Training(params, runtime, dataset, folder, progress).run(tracker, outputs)
+    except TrackingUnavailable as exc:
+        step = ckpt.latest_step(folder)
+        raise TrackingUnavailable(f"{exc}; " + (
+            f"the training state is kept at step {step} in {folder}: rerun when the store answers and "
+            "training resumes there" if step is not None else "no training step was lost")) from None
     finally:
         lock.release()
 
@@ -175,6 +186,8 @@ class _Training:
         self.history: list[dict[str, float]] = []
         self.pending: list[tuple[int, dict[str, float]]] = []   # metrics not yet sent to MLflow
         self.pending_tags: dict[str, str] = {}                    # and tags
+        self.pending_grids: list[int] = []                        # and the steps of progress grids
+        self.outage: TrackingUnavailable | None = None           # the failure while the store is unavailable
         self.collapse_warning = ""
         self.start_step = 0
         self.mlflow_run: Run | None = None
@@ -201,7 +214,7 @@ class _Training:
               + (f"resuming at step {self.start_step} of {steps}" if self.start_step else f"{steps} steps"))
 
         with tracker.start_run(run_name(), tags) as run:
-            self.mlflow_run = run
+            self.tracker, self.mlflow_run = tracker, run
             run.log_params(self.params.model_dump())
             run.log_params({"lr_generator": self.optim.lr_g, "lr_discriminator": self.optim.lr_d,
                             "runtime.device": self.runtime.device.type, "runtime.precision": self.runtime.precision,
@@ -247,21 +260,52 @@ class _Training:
                 self.history.append(row)
                 self.pending.append((step, _metrics_only(row)))
                 bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
-            grid = self._progress_grid(step, z_fixed, real_diversity) if step % loop.sample_every == 0 or last else None
+            grid_due = step % loop.sample_every == 0 or last
+            if grid_due:
+                self._progress_grid(step, z_fixed, real_diversity)
             if step % loop.checkpoint_every == 0 or last:
                 self._check_finite(step)
                 self._save_checkpoint(step)
-            # MLflow only after the checkpoint: a tracking failure never costs the steps since the last one
-            if grid is not None:
-                self.mlflow_run.log_image(grid, key="progress", step=step)
-                self.mlflow_run.log_metrics(self.pending)
-                self.pending = []
-                if self.pending_tags:
-                    self.mlflow_run.set_tags(self.pending_tags)
-                    self.pending_tags = {}
+            if grid_due and not last:  # MLflow only after the checkpoint; the last step's goes with the export
+                self._send_to_mlflow()
         bar.close()
-        self.mlflow_run.log_metrics(self.pending)
         return time.perf_counter() - started
+
+    def _send_to_mlflow(self, final: bool = False) -> None:
+        """Send the pending grids, metrics and tags; while the store is unavailable they wait. With
+        `final`, wait for the store up to tracking_wait_s(), then raise TrackingUnavailable."""
+        deadline = time.monotonic() + tracking_wait_s()
+        while True:
+            if self.outage is None or self.tracker.answers():
+                try:
+                    self._send_pending()
+                except TrackingUnavailable as exc:
+                    if self.outage is None:
+                        print(f"train: WARNING: {exc}; training goes on, and its metrics and progress grids are "
+                              "sent when the store answers again", flush=True)
+                    self.outage = exc
+                else:
+                    if self.outage is not None:
+                        self.outage = None
+                        print("train: MLflow answers again: the metrics and grids kept meanwhile are sent", flush=True)
+                    return
+            if not final:
+                return
+            if time.monotonic() >= deadline:
+                raise TrackingUnavailable(f"{self.outage} (still, after waiting {tracking_wait_s():.0f} s at the "
+                                          "end of training)")
+            time.sleep(1)
+
+    def _send_pending(self) -> None:
+        run = self.mlflow_run
+        while self.pending_grids:
+            step = self.pending_grids[0]
+            run.log_image(load_png(self.folder / "progress" / f"step_{step:06d}.png"), key="progress", step=step)
+            self.pending_grids.pop(0)
+        run.send_metrics(self.pending)
+        if self.pending_tags:
+            run.set_tags(self.pending_tags)
+            self.pending_tags = {}
 
     def _read_interval(self, step: int) -> dict[str, float]:
         try:
@@ -283,8 +327,8 @@ class _Training:
                 self._read_interval(step)
 
     @torch.no_grad()
-    def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> np.ndarray:
-        """The fixed-noise grid (H, W, 3) uint8, saved beside the checkpoints; the collapse check."""
+    def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> None:
+        """The fixed-noise grid, saved beside the checkpoints (and pending for MLflow); the collapse check."""
         G = self.gan.generator
         G.eval()  # running statistics: no side effect on training, no dependence on the grid's batch
         with self.runtime.autocast():
@@ -292,6 +336,7 @@ class _Training:
         G.train()
         image = image_grid(to_uint8(samples).cpu())
         save_png(image, self.folder / "progress" / f"step_{step:06d}.png")
+        self.pending_grids.append(step)
         # collapse monitor: spread of the fixed-noise samples relative to real images' spread
         diversity = float(samples.std(dim=0).mean()) / max(real_diversity, 1e-8)
         d_accuracy = self.history[-1]["d_accuracy"] if self.history else float("nan")
@@ -301,7 +346,6 @@ class _Training:
                                      f"data's (< {COLLAPSE_DIVERSITY}), discriminator accuracy {d_accuracy:.2f}")
             print(f"WARNING: mode collapse suspected at {self.collapse_warning}")
             self.pending_tags["collapse_warning"] = self.collapse_warning
-        return image
 
     def _save_checkpoint(self, step: int) -> None:
         gan = self.gan
@@ -315,6 +359,7 @@ class _Training:
 
     def _export(self, outputs: TrainOutputs, seconds: float) -> dict[str, Any]:
         """Write the DVC outputs of the stage and log them to MLflow."""
+        self._send_to_mlflow(final=True)  # before any output: a stage that cannot log leaves none
         gan, run, steps, batch_size = self.gan, self.mlflow_run, self.loop.steps, self.optim.batch_size
         seed = self.params.seed + 1  # standing statistics noise: not the training or the grid noise
         ema = recalibrate_batchnorm(gan.ema, STANDING_STATS_BATCHES, batch_size, seed)

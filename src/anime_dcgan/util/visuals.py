@@ -26,6 +26,12 @@ def save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
+def load_png(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8, as save_png wrote it."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def step_of(frame: Path) -> int:
     """step_001500.png -> 1500"""
     match = re.search(r"(\d+)", frame.stem)
