@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from project_repo import PROJECT, ProjectRepo, committed_params_text, copy_repo
+from servers import free_port
 
 from anime_dcgan.tracking import flatten
 
@@ -428,3 +429,22 @@ def test_invalid_params_yaml_stops_repro_at_the_first_stage(project_repo: Projec
     written = set(user_files(repo.root)) - files_before
     assert written == set(), f"dvc repro wrote {sorted(map(str, written))} before failing"
     assert not (repo.root / "dvc.lock").exists()
+
+
+@pytest.mark.e2e
+def test_the_readme_line_after_a_failed_experiment_restores_the_workspace(reproduced_repo: ProjectRepo):
+    repo = reproduced_repo
+    # preprocess reruns (a new min_size), then train fails (its tracking server is down): dvc.lock
+    # changed, train's outputs removed
+    result = repo.run("dvc", "exp", "run", "-S", "data.min_size=8", "-S", "steps=8", check=False,
+                      env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode != 0 and "does not answer" in result.stderr
+    left = repo.git("status", "--porcelain").stdout
+    assert all(name in left for name in ("params.yaml", "dvc.lock", "metrics/train.json")), left
+
+    [recovery] = re.findall(r"^    (git checkout HEAD -- .+)$", (PROJECT / "README.md").read_text(), re.MULTILINE)
+    repo.run("bash", "-c", recovery)
+
+    assert repo.git("status", "--porcelain").stdout == ""
+    assert "Data and pipelines are up to date" in repo.dvc("status").stdout
+    assert (repo.root / "models/generator_ema.pt").is_file() and (repo.root / "metrics/losses.csv").is_file()
