@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,27 @@ def shared_sample_zip() -> Path:
     if not SHARED_SAMPLE_ZIP.is_file():
         pytest.skip(f"shared sample {SHARED_SAMPLE_ZIP} is not present")
     return SHARED_SAMPLE_ZIP
+
+
+def running_runs(folder: Path) -> list[str]:
+    """'<store>: <run id>' for every run still RUNNING in the MLflow sqlite stores below `folder`."""
+    found = []
+    for store in sorted(folder.rglob("mlflow.db")):
+        try:
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+                rows = db.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'").fetchall()
+        except sqlite3.Error:  # not a store (yet): no runs
+            continue
+        found += [f"{store}: {run_id}" for (run_id,) in rows]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # whatever the tests killed, cut or locked, no MLflow run may be left RUNNING in their stores
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    left = running_runs(factory.getbasetemp())
+    if left:
+        print("\nMLflow runs left RUNNING by the tests:\n  " + "\n  ".join(left))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

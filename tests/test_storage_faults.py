@@ -140,7 +140,7 @@ def test_a_full_disk_met_inside_a_library_is_found_in_the_exception_chain(tmp_pa
     except RuntimeError as wrapped:
         line = storage_problem(wrapped, tmp_path / "model.pt", needed_bytes=3 << 20)
     assert line.startswith(f"cannot write {tmp_path / 'model.pt'}: no space left on the device")
-    assert "MB free there; the write needed 3.0 MB" in line
+    assert " free there; the write needed 3.0 MB" in line
     assert storage_problem(RuntimeError("unrelated")) is None
 
 

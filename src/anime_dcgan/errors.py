@@ -25,8 +25,11 @@ STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "th
                   errno.EROFS: "the filesystem is read-only"}
 
 
-def _megabytes(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.1f} MB"
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes / 2**10:,.0f} KB"
 
 
 def storage_problem(exc: BaseException, path: str | Path | None = None, needed_bytes: int | None = None) -> str | None:
@@ -42,8 +45,8 @@ def storage_problem(exc: BaseException, path: str | Path | None = None, needed_b
     if exc.errno == errno.EROFS:
         return f"cannot write {target}: {what}; run from a writable copy of the repository"
     free = next((shutil.disk_usage(folder).free for folder in (target, *target.parents) if folder.exists()), None)
-    facts = [f"{_megabytes(free)} free there" if free is not None else "",
-             f"the write needed {_megabytes(needed_bytes)}" if needed_bytes else ""]
+    facts = [f"{_size(free)} free there" if free is not None else "",
+             f"the write needed {_size(needed_bytes)}" if needed_bytes else ""]
     facts = "; ".join(fact for fact in facts if fact)
     return (f"cannot write {target}: {what}" + (f" ({facts})" if facts else "")
             + "; free some space and rerun: finished work (checkpoints, downloads, cached stages) is kept")
