@@ -241,7 +241,8 @@ def test_a_store_locked_during_training_is_caught_up_once_released(tmp_path: Pat
     assert grid_steps(MlflowClient(tracker.uri), run.info.run_id) == GRID_STEPS
 
 
-def test_ctrl_c_during_an_outage_still_ends_the_stage_at_once(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+def test_ctrl_c_during_an_outage_still_ends_the_stage_at_once(tmp_path: Path, mlflow_server: MlflowServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_workspace(tmp_path / "ws", **LONGER)
     log = tmp_path / "train.log"
     stage = start_train(root, log, stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="300"))
@@ -255,3 +256,10 @@ def test_ctrl_c_during_an_outage_still_ends_the_stage_at_once(tmp_path: Path, ml
     assert stage.returncode == 130
     assert "Traceback" not in output
     assert latest_step(root) == 400, "the saved state survives"
+    # the run could not be ended with the server gone: the next stage to open the store ends it
+    mlflow_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    Tracker(root)
+    [run] = mlflow_server.runs()
+    assert run.info.status == "KILLED"
+    assert "had died without ending the run" in run.data.tags["anime_dcgan.ended_by"]
