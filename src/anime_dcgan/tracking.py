@@ -402,6 +402,22 @@ class Run:
         self.client.log_text(self.run_id, text, artifact_file)
 
 
+def download_artifacts(uri: str, destination: Path) -> Path:
+    """The local copy of an MLflow artifact URI (runs:/<id>/models ...) from this repository's store
+    (or MLFLOW_TRACKING_URI's server)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    store = tracking_uri()
+    _check_server(store)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
+                                                        tracking_uri=store))
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(f"{uri}: cannot be fetched from the MLflow store {store}: "
+                            f"{str(exc).splitlines()[0][:300]}") from None
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"data": {"source": "x"}} -> {"data.source": "x"}: the names dvc uses for nested params."""
     flat: dict[str, Any] = {}

@@ -1,0 +1,266 @@
+"""The `anime-dcgan` command: a trained generator used outside the pipeline.
+
+    anime-dcgan sample --model models --seeds 0-63,100 --grid grid.png --outdir faces/
+    anime-dcgan interpolate --model models --seeds 1,7,42 --frames 60 --out walk.gif
+    anime-dcgan export --model models --format onnx --out generator.onnx
+
+Image k is the generate stage's sample k: the same noise (seeded with k) through the same eval-mode
+generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anime_dcgan.errors import PipelineError
+from anime_dcgan.training.networks import Generator, load_model
+from anime_dcgan.training.sample import generate, latent_for_seed, latents_for_seeds, slerp, to_uint8
+from anime_dcgan.util.io import atomic_path
+from anime_dcgan.util.visuals import image_grid, save_png
+
+GENERATOR_FILES = {"ema": "generator_ema.pt", "raw": "generator.pt"}
+_MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+EXAMPLES = {
+    "sample": """examples:
+  anime-dcgan sample --model models --seeds 42 --outdir faces/
+  anime-dcgan sample --model models --seeds 0-63 --grid grid.png
+  anime-dcgan sample --model runs:/<run id>/models --count 10000 --outdir fid-images/""",
+    "interpolate": """examples:
+  anime-dcgan interpolate --model models --seeds 1,7,42 --frames 60 --out walk.gif
+  anime-dcgan interpolate --model models --seeds 3,4 --frames 90 --fps 30 --out walk.mp4""",
+    "export": """examples:
+  anime-dcgan export --model models --format torchscript --out generator.pt
+  anime-dcgan export --model models --format onnx --out generator.onnx
+
+The exported module maps latents z (N, nz) to images (N, S, S, 3) uint8; z for seed k is
+torch.randn(nz, generator=torch.Generator().manual_seed(k)).""",
+}
+
+
+class CliError(PipelineError):
+    """A bad argument: printed as one line."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,10' -> [0, 1, 2, 3, 10]"""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise CliError(f"--seeds {text!r}: {part.strip()!r} is neither a seed nor a range such as 0-63")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise CliError(f"--seeds {text!r}: the range {first}-{last} runs backwards (write {last}-{first})")
+        seeds += range(first, last + 1)
+    return seeds
+
+
+def resolve_generator(model: str, which: str, download_dir: Path) -> Path:
+    """The generator file that `model` names: a models/ folder, a .pt file, or an MLflow artifact URI
+    (runs:/<id>/models, mlflow-artifacts:/...)."""
+    if model.startswith(_MLFLOW_SCHEMES):
+        from anime_dcgan.tracking import download_artifacts
+
+        local = download_artifacts(model, download_dir)
+    else:
+        local = Path(model)
+        if not local.exists():
+            raise CliError(f"--model {model}: no such folder or file (give the models/ folder, a generator "
+                           ".pt file or an MLflow URI such as runs:/<run id>/models)")
+    if local.is_dir():
+        local = local / GENERATOR_FILES[which]
+        if not local.is_file():
+            raise CliError(f"--model {model}: holds no {GENERATOR_FILES[which]} (the train stage's models/ "
+                           "folder has one)")
+    return local
+
+
+def open_generator(model: str, which: str, device: str) -> Generator:
+    with tempfile.TemporaryDirectory(prefix="anime-dcgan-model-") as download_dir:
+        path = resolve_generator(model, which, Path(download_dir))
+        try:
+            generator = load_model(path, device)
+        except Exception as exc:  # not a saved model of this project
+            raise CliError(f"--model {model}: {path} is not a generator saved by this project ({exc})") from None
+    if not isinstance(generator, Generator):
+        raise CliError(f"--model {model}: {path} holds a discriminator, not a generator")
+    return generator
+
+
+def _hwc(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3, S, S) -> (N, S, S, 3)"""
+    return images.transpose(0, 2, 3, 1)
+
+
+def command_sample(args: argparse.Namespace) -> None:
+    seeds = list(range(args.count)) if args.count is not None else parse_seeds(args.seeds)
+    if not args.grid and not args.outdir:
+        raise CliError("give --outdir (one PNG per seed), --grid (one picture) or both")
+    generator = open_generator(args.model, args.generator, args.device)
+    from tqdm import tqdm
+
+    chunks = []
+    for start in tqdm(range(0, len(seeds), args.batch_size), desc="sample", unit="batch", disable=len(seeds) <= 256):
+        chunks.append(generate(generator, latents_for_seeds(seeds[start:start + args.batch_size],
+                                                            generator.config.nz)))
+    images = np.concatenate(chunks)                                               # (N, 3, S, S)
+    if args.outdir:
+        for seed, image in zip(seeds, _hwc(images)):  # the generate stage's names: seed_000042.png
+            save_png(np.ascontiguousarray(image), Path(args.outdir) / f"seed_{seed:06d}.png")
+        print(f"sample: {len(seeds)} images in {args.outdir}/")
+    if args.grid:
+        save_png(image_grid(images, nrow=min(args.columns, len(images))), Path(args.grid))
+        print(f"sample: a grid of {len(seeds)} images in {args.grid}")
+
+
+def interpolation_latents_loop(seeds: Sequence[int], frames: int, nz: int) -> torch.Tensor:
+    """`frames` latents (frames, nz, 1, 1) on a closed spherical path through the seeds' latents:
+    seed 0 -> seed 1 -> ... -> seed 0, the same number of frames between each pair."""
+    per_leg = frames // len(seeds)
+    latents = [latent_for_seed(seed, nz) for seed in seeds]
+    t = torch.arange(per_leg) / per_leg  # the end of a leg is the start of the next one
+    return torch.cat([slerp(latents[i], latents[(i + 1) % len(latents)], t) for i in range(len(latents))])
+
+
+def _ffmpeg() -> str | None:
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
+def command_interpolate(args: argparse.Namespace) -> None:
+    seeds = parse_seeds(args.seeds)
+    if len(seeds) < 2:
+        raise CliError(f"--seeds {args.seeds!r}: an interpolation needs at least two seeds")
+    if args.frames < len(seeds):
+        raise CliError(f"--frames {args.frames}: at least one frame per seed ({len(seeds)})")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".gif", ".mp4"):
+        raise CliError(f"--out {out}: write a .gif or an .mp4")
+    ffmpeg = _ffmpeg() if out.suffix.lower() == ".mp4" else None
+    if out.suffix.lower() == ".mp4" and ffmpeg is None:
+        raise CliError("an .mp4 needs ffmpeg: `pip install imageio-ffmpeg` or install ffmpeg; or write a .gif")
+    generator = open_generator(args.model, args.generator, args.device)
+    frames = _hwc(generate(generator, interpolation_latents_loop(seeds, args.frames, generator.config.nz)))
+    if args.size:
+        frames = np.stack([_resized(frame, args.size) for frame in frames])
+    if ffmpeg is None:
+        from PIL import Image
+
+        with atomic_path(out) as tmp:
+            pictures = [Image.fromarray(frame) for frame in frames]
+            pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                             duration=round(1000 / args.fps), loop=0)
+    else:
+        height, width = frames.shape[1:3]
+        with atomic_path(out) as tmp:
+            subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                            "-s", f"{width}x{height}", "-r", str(args.fps), "-i", "-", "-pix_fmt", "yuv420p",
+                            "-f", "mp4", str(tmp)], input=frames.tobytes(), check=True)
+    print(f"interpolate: {len(frames)} frames through seeds {', '.join(map(str, seeds))} in {out}")
+
+
+def _resized(frame: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.NEAREST))
+
+
+class ExportedGenerator(torch.nn.Module):
+    """z (N, nz) -> images (N, S, S, 3) uint8: what an export holds."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.generator(z[:, :, None, None])                             # (N, 3, S, S) in [-1, 1]
+        return to_uint8(images).permute(0, 2, 3, 1)
+
+
+def command_export(args: argparse.Namespace) -> None:
+    generator = open_generator(args.model, args.generator, "cpu")
+    module = ExportedGenerator(generator).eval()
+    example = latents_for_seeds([0, 1], generator.config.nz).flatten(1)          # (2, nz)
+    out = Path(args.out)
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # both exporters are deprecated in favour of torch.export, whose files neither runtime loads
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        if args.format == "torchscript":
+            torch.jit.save(torch.jit.trace(module, example), str(tmp))
+        else:  # the TorchScript-based exporter: no onnxscript needed, a batch of any size
+            torch.onnx.export(module, (example,), str(tmp), dynamo=False, input_names=["z"],
+                              output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})
+    print(f"export: {args.format} module z (N, {generator.config.nz}) -> uint8 images (N, "
+          f"{generator.config.image_size}, {generator.config.image_size}, 3) in {out}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anime-dcgan", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--model", default="models",
+                         help="the models/ folder (default), a generator .pt file, or runs:/<run id>/models")
+        sub.add_argument("--generator", choices=sorted(GENERATOR_FILES), default="ema",
+                         help="in a models/ folder: the EMA generator (default) or the raw one")
+        return sub
+
+    sample = command("sample", "images for given seeds, as PNG files and/or one grid")
+    chosen = sample.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--seeds", help="seeds and ranges: 0-63,100,200-205")
+    chosen.add_argument("--count", type=int, help="seeds 0 .. N-1 (for external FID tools)")
+    sample.add_argument("--outdir", help="one PNG per seed, seed_000042.png")
+    sample.add_argument("--grid", help="one PNG of all the images")
+    sample.add_argument("--columns", type=int, default=8, help="images per row of the grid (8)")
+    sample.add_argument("--batch-size", type=int, default=256)
+    sample.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+
+    walk = command("interpolate", "a looping spherical walk through the seeds' latents, as a GIF or MP4")
+    walk.add_argument("--seeds", required=True, help="two or more seeds: 1,7,42")
+    walk.add_argument("--frames", type=int, default=60, help="frames in the whole loop (60)")
+    walk.add_argument("--fps", type=int, default=20, help="frames per second (20)")
+    walk.add_argument("--size", type=int, help="scale each frame to this many pixels square")
+    walk.add_argument("--out", required=True, help="walk.gif or walk.mp4")
+    walk.add_argument("--device", default="cpu")
+
+    export = command("export", "the generator as a TorchScript or ONNX module: z -> uint8 images")
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    export.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if getattr(args, "count", None) is not None and args.count < 1:
+        raise SystemExit(f"anime-dcgan {args.command}: error: --count must be at least 1")
+    handlers = {"sample": command_sample, "interpolate": command_interpolate, "export": command_export}
+    try:
+        handlers[args.command](args)
+    except PipelineError as exc:
+        print(f"anime-dcgan {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"anime-dcgan {args.command}: interrupted; no partial output was left behind", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
