@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,8 @@ from anime_dcgan.training.sample import generate, generate_for_seeds, latents_fo
 SCRIPT = Path(sys.executable).with_name("anime-dcgan")
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +137,59 @@ def test_an_mp4_is_written_with_ffmpeg_or_refused_saying_how_to_get_it(trained: 
     else:
         assert result.returncode == 0, result.stderr
         assert out.read_bytes()[4:8] == b"ftyp"  # an MP4 container
+
+
+# -- anime-dcgan fid ---------------------------------------------------------------------------------
+
+def scores(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.e2e
+def test_fid_of_the_pipelines_sets_equals_the_evaluate_stages_figures(reproduced_repo) -> None:
+    repo = reproduced_repo
+    evaluated = repo.json("metrics/eval.json")
+    n = evaluated["fid_samples"]
+    # the stage's environment (its thread count): the same Inception arithmetic
+    result = cli("fid", "reference/inception.npz", "samples/samples.npy", "--samples", str(n), cwd=repo.root,
+                 env=repo.env)
+    ours = scores(result)
+    for key in (f"fid_{n}", f"kid_{n}", "precision_k3", "recall_k3"):
+        assert ours[key] == pytest.approx(evaluated[key], rel=1e-9, abs=1e-12), key
+
+
+def test_fid_reads_folders_zips_and_npy_alike_and_a_set_against_itself_scores_zero(trained: Path,
+                                                                                  tmp_path: Path) -> None:
+    assert cli("sample", "--count", "12", "--outdir", str(tmp_path / "a"), cwd=trained).returncode == 0
+    assert cli("sample", "--seeds", "100-111", "--outdir", str(tmp_path / "b"), cwd=trained).returncode == 0
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as archive:
+        for path in sorted((tmp_path / "b").iterdir()):
+            archive.write(path, f"nested/{path.name}")
+    np.save(tmp_path / "b.npy", pngs(tmp_path / "b", range(100, 112)).transpose(0, 2, 3, 1))  # (N, S, S, 3)
+
+    from_folder = scores(cli("fid", str(tmp_path / "a"), str(tmp_path / "b"), cwd=trained))
+    assert from_folder["images_a"] == from_folder["images_b"] == 12 and from_folder["fid_12"] > 1
+    for other in ("b.zip", "b.npy"):
+        assert scores(cli("fid", str(tmp_path / "a"), str(tmp_path / other), cwd=trained)) == from_folder
+    itself = scores(cli("fid", str(tmp_path / "a"), str(tmp_path / "a"), "--json", str(tmp_path / "s.json"),
+                        cwd=trained))
+    assert abs(itself["fid_12"]) < 1e-6 and itself["precision_k3"] == itself["recall_k3"] == 1.0
+    assert json.loads((tmp_path / "s.json").read_text()) == itself
+
+
+def test_fid_refuses_bad_sets_in_one_line(trained: Path, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for index, size in enumerate((16, 16, 16, 20)):
+        Image.new("RGB", (size, size)).save(mixed / f"{index}.png")
+    broken = tmp_path / "broken"
+    shutil.copytree(mixed, broken)
+    (broken / "3.png").write_bytes(b"not a png")
+    for args, message in (([str(mixed), str(mixed)], "3.png is 20x20 but 0.png is 16x16: resize the set"),
+                          ([str(broken), str(broken)], "3.png is not a readable image"),
+                          ([str(mixed), str(mixed), "--samples", "2"], "--samples must be at least 4"),
+                          ([str(mixed), str(tmp_path / "absent")], "absent: no such folder or file")):
+        result = cli("fid", *args, cwd=trained)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert message in result.stderr.strip().splitlines()[-1]

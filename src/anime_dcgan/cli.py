@@ -1,8 +1,9 @@
-"""The `anime-dcgan` command: a trained generator used outside the pipeline.
+"""The `anime-dcgan` command: a trained generator used outside the pipeline, and its scores.
 
     anime-dcgan sample --model models --seeds 0-63,100 --grid grid.png --outdir faces/
     anime-dcgan interpolate --model models --seeds 1,7,42 --frames 60 --out walk.gif
     anime-dcgan export --model models --format onnx --out generator.onnx
+    anime-dcgan fid reference/inception.npz my-images/ --samples 1000
 
 Image k is the generate stage's sample k: the same noise (seeded with k) through the same eval-mode
 generator.
@@ -11,12 +12,14 @@ generator.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +49,15 @@ EXAMPLES = {
 
 The exported module maps latents z (N, nz) to images (N, S, S, 3) uint8; z for seed k is
 torch.randn(nz, generator=torch.Generator().manual_seed(k)).""",
+    "fid": """examples:
+  anime-dcgan fid reference/inception.npz samples/samples.npy --samples 1000   # = the evaluate stage's
+  anime-dcgan fid data/processed/images.npy other-gan-output.zip
+  anime-dcgan fid my-dataset/ my-samples/ --samples 5000 --json scores.json
+
+A is the real set and B the set scored: precision is the share of B inside A's manifold, recall
+the share of A inside B's. Each set is a folder or a .zip of images (all of one size), a uint8 .npy
+of (N, 3, S, S) or (N, S, S, 3) images, and A may be the fid_reference stage's reference/inception.npz
+(used whole). --samples N takes the first N images of each set (sorted file names in a folder or zip).""",
 }
 
 
@@ -210,6 +222,76 @@ def command_export(args: argparse.Namespace) -> None:
           f"{generator.config.image_size}, {generator.config.image_size}, 3) in {out}")
 
 
+def load_image_set(spec: str, limit: int | None) -> np.ndarray:
+    """The first `limit` images of a folder, .zip or .npy as uint8 (N, 3, S, S)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from anime_dcgan.data.readers.base import IMAGE_EXTENSIONS
+
+    path = Path(spec)
+    if not path.exists():
+        raise CliError(f"{spec}: no such folder or file")
+    if path.suffix == ".npy":
+        try:
+            images = np.load(path, mmap_mode="r")
+        except ValueError as exc:
+            raise CliError(f"{spec}: not a readable .npy file ({exc})") from None
+        if images.ndim == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
+            images = images.transpose(0, 3, 1, 2)                              # (N, S, S, 3) -> (N, 3, S, S)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise CliError(f"{spec}: expected uint8 images (N, 3, S, S) or (N, S, S, 3), got {images.dtype} "
+                           f"{images.shape}")
+        return np.ascontiguousarray(images[:limit])
+    if path.is_dir():
+        names = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        def open_member(name: str):
+            return open(path / name, "rb")
+    elif zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        names = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+        open_member = archive.open
+    else:
+        raise CliError(f"{spec}: give a folder or .zip of images, an .npy of images, or reference/inception.npz")
+    images = []
+    for name in names[:limit]:
+        try:
+            with open_member(name) as handle, Image.open(handle) as image:
+                images.append(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise CliError(f"{spec}: {name} is not a readable image ({exc})") from None
+        if images[-1].shape != images[0].shape:
+            raise CliError(f"{spec}: {name} is {images[-1].shape[2]}x{images[-1].shape[1]} but {names[0]} is "
+                           f"{images[0].shape[2]}x{images[0].shape[1]}: resize the set to one size first")
+    if len(images) < 4:
+        raise CliError(f"{spec}: {len(images)} images; the scores need at least 4 on each side")
+    return np.stack(images)
+
+
+def command_fid(args: argparse.Namespace) -> None:
+    from anime_dcgan.evaluation.inception import inception_features
+    from anime_dcgan.evaluation.reference import load_reference
+    from anime_dcgan.evaluation.registry import EvalInputs, compute_metrics
+
+    scored = load_image_set(args.b, args.samples)                               # (N, 3, S, S)
+    if args.a.endswith(".npz"):
+        reference = load_reference(args.a)
+        real = {"real_features": reference["features"].astype(np.float64), "real_mu": reference["mu"],
+                "real_sigma": reference["sigma"], "real_images": scored}  # real images feed only SWD/MS-SSIM
+    else:
+        images = load_image_set(args.a, args.samples)
+        real = {"real_features": inception_features(images, args.device, progress=True), "real_images": images}
+        if images.shape[1:] != scored.shape[1:]:  # Inception resizes both to 299: sizes may differ
+            real["real_images"] = scored
+    inputs = EvalInputs(fake_images=scored, seed=args.seed, device=args.device, progress=True, **real)
+    scores = compute_metrics(inputs, ["fid", "kid", "pr_k3"])
+    scores |= {"images_a": len(real["real_features"]), "images_b": len(scored)}
+    if args.json:
+        from anime_dcgan.util.io import atomic_write_json
+
+        atomic_write_json(args.json, scores)
+    print(json.dumps(scores, indent=2, sort_keys=True))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anime-dcgan", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,10 +299,11 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--model", default="models",
-                         help="the models/ folder (default), a generator .pt file, or runs:/<run id>/models")
-        sub.add_argument("--generator", choices=sorted(GENERATOR_FILES), default="ema",
-                         help="in a models/ folder: the EMA generator (default) or the raw one")
+        if name != "fid":
+            sub.add_argument("--model", default="models",
+                             help="the models/ folder (default), a generator .pt file, or runs:/<run id>/models")
+            sub.add_argument("--generator", choices=sorted(GENERATOR_FILES), default="ema",
+                             help="in a models/ folder: the EMA generator (default) or the raw one")
         return sub
 
     sample = command("sample", "images for given seeds, as PNG files and/or one grid")
@@ -244,14 +327,25 @@ def _parser() -> argparse.ArgumentParser:
     export = command("export", "the generator as a TorchScript or ONNX module: z -> uint8 images")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     export.add_argument("--out", required=True)
+
+    score = command("fid", "FID, KID and precision/recall of image set B against set A, the pipeline's protocol")
+    score.add_argument("a", help="the real set: folder, .zip, .npy, or reference/inception.npz")
+    score.add_argument("b", help="the set scored: folder, .zip or .npy")
+    score.add_argument("--samples", type=int, help="the first N images of each set (default: all)")
+    score.add_argument("--seed", type=int, default=0,
+                       help="KID subsets and precision/recall pairing (0, as params.yaml)")
+    score.add_argument("--json", help="also write the scores to this file")
+    score.add_argument("--device", default="cpu")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if getattr(args, "count", None) is not None and args.count < 1:
-        raise SystemExit(f"anime-dcgan {args.command}: error: --count must be at least 1")
-    handlers = {"sample": command_sample, "interpolate": command_interpolate, "export": command_export}
+    for option, least in (("count", 1), ("samples", 4)):  # precision/recall use 3 neighbours: 4 images
+        if getattr(args, option, None) is not None and getattr(args, option) < least:
+            raise SystemExit(f"anime-dcgan {args.command}: error: --{option} must be at least {least}")
+    handlers = {"sample": command_sample, "interpolate": command_interpolate, "export": command_export,
+                "fid": command_fid}
     try:
         handlers[args.command](args)
     except PipelineError as exc:
