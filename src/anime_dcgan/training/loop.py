@@ -207,7 +207,9 @@ class _Training:
             tracker.mark_killed_if_running(state["mlflow_run_id"])
             tags |= {"anime_dcgan.resumed_from_step": str(self.start_step),
                      "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
-        print(self.summaries)
+        counts = [sum(p.numel() for p in m.parameters()) for m in (self.gan.generator, self.gan.discriminator)]
+        print(f"train: generator {counts[0]:,} parameters, discriminator {counts[1]:,} (layer tables in "
+              "models/summary.txt and the MLflow run's model_summary.txt)")
         size, steps = self.model_config.image_size, self.loop.steps
         print(f"train: {len(self.dataset):,} images of {size}x{size} on {self.runtime.device.type}, "
               f"{self.runtime.precision}{', compiled' if self.runtime.compile else ''}; "
