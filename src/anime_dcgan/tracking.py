@@ -55,7 +55,7 @@ for _variable, _default in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "12"), ("MLFLOW_HTTP
 
 
 class TrackingUnavailable(PipelineError):
-    """The configured MLflow tracking server cannot be reached."""
+    """The MLflow store cannot be reached (a server gone) or stayed locked (sqlite)."""
 
 
 def tracking_wait_s() -> float:
@@ -108,14 +108,7 @@ class _BoundedClient:
         return self._client
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if name in _TRIED_ONCE:
-            try:
-                return getattr(self._mlflow(), name)(*args, **kwargs)
-            except Exception as exc:
-                if self._locked(exc):
-                    raise TrackingUnavailable(f"the MLflow store {self.db_path} is locked{self._holders()}") from None
-                raise
-        wait = tracking_wait_s()
+        wait = 0.0 if name in _TRIED_ONCE else tracking_wait_s()
         deadline = time.monotonic() + wait  # each try itself waits up to MLflow's sqlite busy timeout (20 s)
         while True:
             try:
@@ -124,8 +117,9 @@ class _BoundedClient:
                 if not self._locked(exc):
                     raise
                 if time.monotonic() >= deadline:
-                    raise TrackingUnavailable(f"the MLflow store {self.db_path} stayed locked for {wait:.0f} s"
-                                              f"{self._holders()}; close what holds it and rerun") from None
+                    waited = f" stayed locked for {wait:.0f} s" if wait else " is locked"
+                    raise TrackingUnavailable(f"the MLflow store {self.db_path}{waited}{self._holders()}; "
+                                              "close what holds it and rerun") from None
                 self.say_locked()
                 time.sleep(0.5)
 
