@@ -95,14 +95,23 @@ def grid_steps(client: MlflowClient, run_id: str) -> set[int]:
     return set(steps)
 
 
-def test_a_server_stopped_mid_training_loses_nothing_training_goes_on_and_all_is_sent_when_it_returns(
-        tmp_path: Path, mlflow_server: MlflowServer) -> None:
+def train_until_the_server_stops(tmp_path: Path, server: MlflowServer, env: dict[str, str]
+                                 ) -> tuple[Path, Path, subprocess.Popen]:
+    """A training logging to `server`, which is stopped once the first metrics reached it:
+    (workspace, log, the stage's process)."""
     root = make_workspace(tmp_path / "ws", **LONGER)
     log = tmp_path / "train.log"
+    stage = start_train(root, log, env)
+    wait_until(lambda: logged_run_with_metrics(server), 120, "the first metrics on the server", stage, log)
+    server.stop()
+    return root, log, stage
+
+
+def test_a_server_stopped_mid_training_loses_nothing_training_goes_on_and_all_is_sent_when_it_returns(
+        tmp_path: Path, mlflow_server: MlflowServer) -> None:
     # MLflow's retry settings are left as the project sets them (one call gives up within about a minute)
-    stage = start_train(root, log, stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="300"))
-    wait_until(lambda: logged_run_with_metrics(mlflow_server), 120, "the first metrics on the server", stage, log)
-    mlflow_server.stop()
+    root, log, stage = train_until_the_server_stops(
+        tmp_path, mlflow_server, stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="300"))
     # training goes on while the server is gone, up to its final checkpoint
     wait_until(lambda: latest_step(root) == 400, 180, "the final checkpoint", stage, log, poll_s=0.2)
     assert "training goes on" in log.read_text()
@@ -124,12 +133,8 @@ def test_a_server_stopped_mid_training_loses_nothing_training_goes_on_and_all_is
 
 def test_a_server_gone_for_good_stops_the_stage_in_bounded_time_and_the_rerun_only_exports(
         tmp_path: Path, mlflow_server: MlflowServer) -> None:
-    root = make_workspace(tmp_path / "ws", **LONGER)
-    log = tmp_path / "train.log"
     env = stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="5")
-    stage = start_train(root, log, env)
-    wait_until(lambda: logged_run_with_metrics(mlflow_server), 120, "the first metrics on the server", stage, log)
-    mlflow_server.stop()
+    root, log, stage = train_until_the_server_stops(tmp_path, mlflow_server, env)
     stopped = time.monotonic()
     output = finish(stage, log)
     seconds = time.monotonic() - stopped
@@ -243,11 +248,8 @@ def test_a_store_locked_during_training_is_caught_up_once_released(tmp_path: Pat
 
 def test_ctrl_c_during_an_outage_still_ends_the_stage_at_once(tmp_path: Path, mlflow_server: MlflowServer,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    root = make_workspace(tmp_path / "ws", **LONGER)
-    log = tmp_path / "train.log"
-    stage = start_train(root, log, stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="300"))
-    wait_until(lambda: logged_run_with_metrics(mlflow_server), 120, "the first metrics on the server", stage, log)
-    mlflow_server.stop()
+    root, log, stage = train_until_the_server_stops(
+        tmp_path, mlflow_server, stage_env(MLFLOW_TRACKING_URI=mlflow_server.uri, ANIME_DCGAN_TRACKING_WAIT_S="300"))
     wait_until(lambda: latest_step(root) == 400, 180, "the final checkpoint", stage, log, poll_s=0.2)
     os.killpg(stage.pid, signal.SIGINT)
     interrupted = time.monotonic()
