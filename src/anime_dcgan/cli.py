@@ -276,13 +276,12 @@ def command_fid(args: argparse.Namespace) -> None:
     if args.a.endswith(".npz"):
         reference = load_reference(args.a)
         real = {"real_features": reference["features"].astype(np.float64), "real_mu": reference["mu"],
-                "real_sigma": reference["sigma"], "real_images": scored}  # real images feed only SWD/MS-SSIM
-    else:
-        images = load_image_set(args.a, args.samples)
-        real = {"real_features": inception_features(images, args.device, progress=True), "real_images": images}
-        if images.shape[1:] != scored.shape[1:]:  # Inception resizes both to 299: sizes may differ
-            real["real_images"] = scored
-    inputs = EvalInputs(fake_images=scored, seed=args.seed, device=args.device, progress=True, **real)
+                "real_sigma": reference["sigma"]}
+    else:  # any size: Inception resizes both sets to 299
+        real = {"real_features": inception_features(load_image_set(args.a, args.samples), args.device, progress=True)}
+    # real_images feed only SWD and MS-SSIM, not computed here
+    inputs = EvalInputs(fake_images=scored, real_images=scored, seed=args.seed, device=args.device, progress=True,
+                        **real)
     scores = compute_metrics(inputs, ["fid", "kid", "pr_k3"])
     scores |= {"images_a": len(real["real_features"]), "images_b": len(scored)}
     if args.json:
