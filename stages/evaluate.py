@@ -1,16 +1,20 @@
 """DVC stage `evaluate`: generated samples vs the real data -> metrics/eval.json (FID, KID, precision,
 recall, SWD, diversity, memorisation, mode coverage) and report/index.html; logged to the training
-run in MLflow."""
+run in MLflow, linked to the run's generator model, which is registered as a new version of
+anime-dcgan-generator (@latest-eval, and @champion when its FID is the best under this protocol)."""
 
 import json
 
 from anime_dcgan import paths
 from anime_dcgan.device import pick_device
 from anime_dcgan.evaluation.evaluate import EvaluationInputs, evaluate
+from anime_dcgan.evaluation.reference import load_reference, reference_digest
 from anime_dcgan.params import load_params
-from anime_dcgan.tracking import Tracker
+from anime_dcgan.tracking import Dataset, Tracker, provenance_tags
 from anime_dcgan.util.io import atomic_write_json
 from anime_dcgan.util.stage import run_stage
+
+SET_SIZES = ("fid_samples", "reference_images")  # in eval.json, but constants of the protocol, not scores
 
 
 def main() -> None:
@@ -21,11 +25,26 @@ def main() -> None:
         reference=paths.REFERENCE_INCEPTION, attributes_dir=paths.REFERENCE_ATTRIBUTES, losses=paths.LOSSES_CSV,
         pictures={name: paths.SAMPLES_DIR / f"{name}.png" for name in ("progress_sheet", "interpolation")})
     results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, pick_device(params.device))
-    run = Tracker().run_for_training(train_summary["mlflow_run_id"])
-    run.log_metrics([(train_summary["steps"], results)])
+
+    tracker = Tracker()
+    run = tracker.run_for_training(train_summary["mlflow_run_id"])
+    dataset = Dataset.of(paths.PROCESSED_IMAGES, params.data.source)
+    # a run restored from DVC (not in this store) gets its generator logged here
+    model_id = tracker.generator_model_of(run.run_id) or tracker.log_generator_model(
+        run.run_id, paths.MODELS_DIR / "generator_ema.pt", dataset.image_size, train_summary["steps"])
+    scores = {name: value for name, value in results.items() if name not in SET_SIZES}
+    run.log_metrics([(train_summary["steps"], scores)], model_id=model_id, dataset=dataset)
+    run.set_tags({f"evaluate.{name}": str(results[name]) for name in SET_SIZES})
     run.log_artifact(paths.REPORT_DIR, "report")
-    atomic_write_json(paths.EVAL_JSON, {**results, "mlflow_run_id": run.run_id})
-    print("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"; report in {paths.REPORT_DIR}/")
+
+    fid_key = next(name for name in scores if name.startswith("fid_"))
+    protocol = f"{fid_key} against reference {reference_digest(load_reference(paths.REFERENCE_INCEPTION))}"
+    provenance = provenance_tags(tracker.root)
+    registered = tracker.register_generator(model_id, run.run_id, fid_key, results[fid_key], protocol, {
+        "dvc.exp_name": provenance.get("dvc.exp_name", ""), "git.rev": provenance.get("mlflow.source.git.commit", "")})
+    atomic_write_json(paths.EVAL_JSON, {**results, "mlflow_run_id": run.run_id, "mlflow_model_id": model_id})
+    print("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + f"; report in {paths.REPORT_DIR}/")
+    print(f"evaluate: registered {registered}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ EXAMPLES = {
     "sample": """examples:
   anime-dcgan sample --model models --seeds 42 --outdir faces/
   anime-dcgan sample --model models --seeds 0-63 --grid grid.png
+  anime-dcgan sample --model models:/anime-dcgan-generator@champion --seeds 42 --grid champion.png
   anime-dcgan sample --model runs:/<run id>/models --count 10000 --outdir fid-images/""",
     "interpolate": """examples:
   anime-dcgan interpolate --model models --seeds 1,7,42 --frames 60 --out walk.gif
@@ -80,8 +81,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def resolve_generator(model: str, which: str, download_dir: Path) -> Path:
-    """The generator file that `model` names: a models/ folder, a .pt file, or an MLflow artifact URI
-    (runs:/<id>/models, mlflow-artifacts:/...)."""
+    """The generator file that `model` names: a models/ folder, a .pt file, or an MLflow URI: a run's
+    artifacts (runs:/<id>/models) or a logged or registered model (models:/<model id>,
+    models:/anime-dcgan-generator@champion, models:/anime-dcgan-generator/3)."""
     if model.startswith(_MLFLOW_SCHEMES):
         from anime_dcgan.tracking import download_artifacts
 
@@ -91,7 +93,12 @@ def resolve_generator(model: str, which: str, download_dir: Path) -> Path:
         if not local.exists():
             raise CliError(f"--model {model}: no such folder or file (give the models/ folder, a generator "
                            ".pt file or an MLflow URI such as runs:/<run id>/models)")
-    if local.is_dir():
+    if (local / "MLmodel").is_file():  # an MLflow model (models:/...): it holds the EMA generator only
+        if which != "ema":
+            raise CliError(f"--model {model}: an MLflow model holds the EMA generator only; drop --generator raw "
+                           "or give the run's models/ folder (runs:/<run id>/models)")
+        local = next((local / "artifacts").glob("*.pt"), local / "artifacts" / GENERATOR_FILES["ema"])
+    elif local.is_dir():
         local = local / GENERATOR_FILES[which]
         if not local.is_file():
             raise CliError(f"--model {model}: holds no {GENERATOR_FILES[which]} (the train stage's models/ "

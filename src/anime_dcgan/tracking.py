@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -108,11 +110,16 @@ class _BoundedClient:
         return self._client
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        wait = 0.0 if name in _TRIED_ONCE else tracking_wait_s()
+        return self.bounded(lambda: getattr(self._mlflow(), name)(*args, **kwargs), once=name in _TRIED_ONCE)
+
+    def bounded(self, call: Callable[[], Any], once: bool = False) -> Any:
+        """call(), retried while the sqlite store is locked (`once`: never retried), with one line when
+        the store fails."""
+        wait = 0.0 if once else tracking_wait_s()
         deadline = time.monotonic() + wait  # each try itself waits up to MLflow's sqlite busy timeout (20 s)
         while True:
             try:
-                return getattr(self._mlflow(), name)(*args, **kwargs)
+                return call()
             except Exception as exc:
                 if not self._locked(exc):
                     raise
@@ -273,9 +280,69 @@ class Tracker:
         state = random.getstate()
         random.seed()
         try:
-            return self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **_process_tags()}).info
+            return self.client.create_run(self.experiment_id, run_name=name,
+                                          tags={**_source_tags(), **tags, **_process_tags()}).info
         finally:
             random.setstate(state)
+
+    def log_generator_model(self, run_id: str, generator_file: Path, image_size: int, step: int) -> str:
+        """The generator as an MLflow LoggedModel (a pyfunc, see serving.py) linked to run `run_id`;
+        returns its model id."""
+        import mlflow
+
+        from anime_dcgan import serving
+
+        mlflow.set_tracking_uri(self.uri)  # log_model works through the fluent API's store
+        return self.client.bounded(lambda: serving.log_generator(
+            self.experiment_id, run_id, generator_file, image_size, step), once=True)  # a retry would log it twice
+
+    def generator_model_of(self, run_id: str) -> str | None:
+        """The id of the generator model that run `run_id` logged, if any."""
+        outputs = self.client.get_run(run_id).outputs
+        for output in (outputs.model_outputs if outputs else []):
+            if self.client.get_logged_model(output.model_id).name == _model_name():
+                return output.model_id
+        return None
+
+    def register_generator(self, model_id: str, run_id: str, fid_key: str, fid: float, protocol: str,
+                           tags: Mapping[str, str]) -> str:
+        """Register LoggedModel `model_id` as a new version of REGISTERED_MODEL, alias it @latest-eval,
+        and move @champion to it when its FID beats the champion's under the same protocol (the
+        metric and the reference statistics). Returns one line saying what was done."""
+        from filelock import FileLock
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        # the champion's compare-and-set, between evaluate stages of one machine (`dvc queue start -j 2`)
+        lock = FileLock(str(self.root / "mlflow.db.lock")) if self.uri.startswith("sqlite:") else _no_lock()
+        with lock:
+            try:
+                client.create_registered_model(REGISTERED_MODEL, description=(
+                    "The EMA generator of each evaluated training run. @champion: the lowest FID under one "
+                    "protocol; @latest-eval: the newest. Input: a table of seeds; output: uint8 images."))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = client.create_model_version(
+                REGISTERED_MODEL, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                tags={**tags, "fid_metric": fid_key, "fid": repr(fid), "protocol": protocol}).version
+            client.set_registered_model_alias(REGISTERED_MODEL, "latest-eval", version)
+            try:
+                champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+            except MlflowException:
+                champion = None
+            said = f"{REGISTERED_MODEL} version {version} (@latest-eval, {fid_key} {fid:.4g})"
+            if champion is None:
+                client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
+                return f"{said} is the first @champion"
+            if champion.tags.get("protocol") != protocol:
+                return (f"{said}; @champion stays version {champion.version}: it was scored under another "
+                        f"protocol ({champion.tags.get('protocol')}), so the two FIDs cannot be compared")
+            champion_fid = float(champion.tags["fid"])
+            if fid < champion_fid:
+                client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
+                return f"{said} is the new @champion (version {champion.version} had {champion_fid:.4g})"
+            return f"{said}; @champion stays version {champion.version} ({champion_fid:.4g})"
 
     def attach(self, run_id: str) -> Run:
         """Log into an existing run without changing its status."""
@@ -299,6 +366,22 @@ class Tracker:
                                    "store (restored by dvc pull or the DVC run cache)."})
         self.client.set_terminated(info.run_id, status="FINISHED")
         return self.attach(info.run_id)
+
+
+REGISTERED_MODEL = "anime-dcgan-generator"
+
+
+def _model_name() -> str:
+    from anime_dcgan.serving import MODEL_NAME
+
+    return MODEL_NAME
+
+
+def _source_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API gives a run: user, source script and type, git commit."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags()
 
 
 _HOST_TAG, _PID_TAG, _STARTED_TAG = "anime_dcgan.host", "anime_dcgan.pid", "anime_dcgan.process_started"
@@ -352,24 +435,40 @@ class Run:
         for start in range(0, len(flat), _PARAMS_LIMIT):
             self.client.log_batch(self.run_id, params=flat[start:start + _PARAMS_LIMIT])
 
-    def log_metrics(self, rows: Iterable[tuple[int, Mapping[str, float]]]) -> None:
-        """Log many (step, {name: value}) rows in a few batched writes (never one write per step)."""
-        self.send_metrics(list(rows))
+    def log_metrics(self, rows: Iterable[tuple[int, Mapping[str, float]]], model_id: str | None = None,
+                    dataset: Dataset | None = None) -> None:
+        """Log many (step, {name: value}) rows in a few batched writes (never one write per step),
+        linked to a logged model and the dataset they measure when given."""
+        self.send_metrics(list(rows), model_id, dataset)
 
-    def send_metrics(self, pending: list[tuple[int, Mapping[str, float]]]) -> None:
+    def send_metrics(self, pending: list[tuple[int, Mapping[str, float]]], model_id: str | None = None,
+                     dataset: Dataset | None = None) -> None:
         """Log and remove the rows of `pending` a batch at a time: when the store fails midway, the
         rows not yet logged are the ones left, so a later call sends each exactly once."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        link = {"model_id": model_id} | ({"dataset_name": dataset.name, "dataset_digest": dataset.digest}
+                                         if dataset else {})
         while pending:
             batch, count = [], 0
             while count < len(pending) and (not batch or len(batch) + len(pending[count][1]) <= _BATCH_LIMIT):
                 step, values = pending[count]
-                batch += [Metric(name, float(value), now, int(step)) for name, value in values.items()]
+                batch += [Metric(name, float(value), now, int(step), **link) for name, value in values.items()]
                 count += 1
             self.client.log_batch(self.run_id, metrics=batch)
             del pending[:count]
+
+    def log_dataset(self, dataset: Dataset, context: str) -> None:
+        """Record `dataset` as an input of the run (the UI's Dataset column), `context` training or evaluation."""
+        from mlflow.entities import Dataset as MlflowDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        entity = MlflowDataset(name=dataset.name, digest=dataset.digest, source_type="local",
+                               source=json.dumps({"uri": dataset.source}),
+                               profile=json.dumps({"num_rows": dataset.n_images, "image_size": dataset.image_size}))
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -394,6 +493,26 @@ class Run:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The processed images a run trained on or was scored against."""
+    name: str        # the data.source it came from
+    source: str      # where it lies: data/processed/images.npy
+    digest: str      # the file's MD5, the digest DVC keeps for it in dvc.lock
+    n_images: int
+    image_size: int
+
+    @classmethod
+    def of(cls, images_npy: Path, name: str) -> Dataset:
+        """The dataset of a processed images.npy, uint8 (N, 3, S, S)."""
+        import hashlib
+
+        with open(images_npy, "rb") as handle:
+            digest = hashlib.file_digest(handle, "md5").hexdigest()
+        shape = np.load(images_npy, mmap_mode="r").shape
+        return cls(name=name, source=str(images_npy), digest=digest, n_images=shape[0], image_size=shape[-1])
 
 
 def download_artifacts(uri: str, destination: Path) -> Path:

@@ -78,3 +78,14 @@ def load_reference(path: str | Path) -> dict[str, Any]:
     reference["seed"] = int(reference["seed"])
     reference["protocol"] = str(reference["protocol"])
     return reference
+
+
+def reference_digest(reference: dict[str, Any]) -> str:
+    """12 hex digits naming a reference's statistics and protocol: FIDs are comparable only when
+    they were measured against the same one."""
+    import hashlib
+
+    digest = hashlib.sha256(reference["protocol"].encode())
+    for key in ("mu", "sigma"):
+        digest.update(np.ascontiguousarray(reference[key], dtype=np.float64).tobytes())
+    return digest.hexdigest()[:12]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import Params
-from anime_dcgan.tracking import Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
+from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
 from anime_dcgan.training.cpu_ops import use_cpu_kernels
 from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
@@ -138,7 +138,8 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
         raise PipelineError(f"another training run with the same parameters and data is running "
                            f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
-        return _Training(params, runtime, dataset, folder, progress).run(tracker, outputs)
+        record = Dataset.of(images_path, params.data.source)
+        return _Training(params, runtime, dataset, record, folder, progress).run(tracker, outputs)
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
@@ -172,8 +173,10 @@ class _Training:
     """One training run: its networks, checkpoint folder (named by the run identity), MLflow run and
     loss history."""
 
-    def __init__(self, params: Params, runtime: Runtime, dataset: torch.Tensor, folder: Path, progress: bool):
+    def __init__(self, params: Params, runtime: Runtime, dataset: torch.Tensor, dataset_record: Dataset,
+                 folder: Path, progress: bool):
         self.params, self.runtime, self.dataset, self.folder, self.progress = params, runtime, dataset, folder, progress
+        self.dataset_record = dataset_record
         self.optim, self.loop = params.optim, params.loop
         self.model_config = ModelConfig.from_params(params.model, dataset.shape[-1])
         seed_everything(params.seed)
@@ -191,6 +194,7 @@ class _Training:
         self.collapse_warning = ""
         self.start_step = 0
         self.mlflow_run: Run | None = None
+        self.tracker: Tracker | None = None
 
     def run(self, tracker: Tracker, outputs: TrainOutputs) -> dict[str, Any]:
         tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": self.folder.name}
@@ -222,6 +226,7 @@ class _Training:
                             "runtime.device": self.runtime.device.type, "runtime.precision": self.runtime.precision,
                             "runtime.compile": self.runtime.compile, "data.n_images": len(self.dataset)})
             run.log_text(self.summaries, "model_summary.txt")
+            run.log_dataset(self.dataset_record, "training")
             if self.history:  # the resumed run carries the whole curve, not only the part after the restart
                 run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
             seconds = self._steps()
@@ -394,6 +399,9 @@ class _Training:
         run.log_metrics([(steps, {"images_per_second": summary["images_per_second"]})])
         run.log_artifact(outputs.models_dir, "models")
         run.log_artifact(outputs.losses_csv, "metrics")
+        model_id = self.tracker.log_generator_model(run.run_id, outputs.models_dir / "generator_ema.pt",
+                                                    self.model_config.image_size, steps)
+        print(f"train: the EMA generator is MLflow model {model_id} (models:/{model_id})")
         ckpt.remove_checkpoints(self.folder)
         return summary
 
