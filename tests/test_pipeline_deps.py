@@ -113,7 +113,8 @@ ALL_STAGES = set(STAGES)
 EDITS = {
     "src/anime_dcgan/data/readers/archive.py": {"download", "preprocess"},
     "src/anime_dcgan/training/cpu_ops.py": {"train", "generate"},
-    "src/anime_dcgan/training/sample.py": {"train", "generate"},
+    "src/anime_dcgan/training/sample.py": {"train", "generate", "evaluate"},  # the served model's code
+    "src/anime_dcgan/serving.py": {"train", "generate", "evaluate"},
     "src/anime_dcgan/evaluation/swd.py": {"fid_reference", "attribute_classifier", "evaluate"},
     "src/anime_dcgan/tracking.py": {"train", "generate", "evaluate"},
     "src/anime_dcgan/util/visuals.py": ALL_STAGES,
