@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: runs, logged models and the registry (with serving.py, the only modules that import mlflow).
 
 Where runs go:
 - default: an sqlite store ``mlflow.db`` at the repository root, found by absolute path (DVC's
