@@ -11,7 +11,7 @@ MLFLOW_STORE ?= sqlite:///$(CURDIR)/mlflow.db
 # stage commands call `python` and `dvc`: take both from the project's environment
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test test-e2e ui clean
+.PHONY: install repro test test-e2e ui leaderboard clean
 
 install: $(INSTALLED)
 
@@ -34,6 +34,15 @@ test-e2e: $(INSTALLED)
 
 ui: $(INSTALLED)
 	mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT)
+
+# `dvc exp show` ranked by FID, with the scores and the parameters people sweep (not the ids, constants
+# and 160 columns of "..."): `make leaderboard FID=fid_2k` for another fid_samples, CSV=1 for a file
+FID ?= fid_1k
+LEADERBOARD_COLUMNS := ^(Experiment|rev|(fid|kid)_[0-9]+k?|precision_.*|recall_.*|swd_mean|tvd_mean|seed|arch|lr|lr_g_scale|label_noise|params.yaml:steps|batch_size|ema_decay)$$
+
+leaderboard: $(INSTALLED)
+	@dvc exp show $(if $(CSV),--csv) --sort-by metrics/eval.json:$(FID) --sort-order asc --drop '.*' \
+		--keep '$(LEADERBOARD_COLUMNS)'
 
 clean:
 	rm -rf $(VENV)

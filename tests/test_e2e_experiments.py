@@ -448,3 +448,43 @@ def test_the_readme_line_after_a_failed_experiment_restores_the_workspace(reprod
     assert repo.git("status", "--porcelain").stdout == ""
     assert "Data and pipelines are up to date" in repo.dvc("status").stdout
     assert (repo.root / "models/generator_ema.pt").is_file() and (repo.root / "metrics/losses.csv").is_file()
+
+
+def test_a_two_point_sweep_runs_in_two_workers_is_grouped_in_mlflow_and_ranked_by_the_leaderboard(
+        reproduced_repo: ProjectRepo):
+    """The README's sweep: Hydra's comma syntax queues the Cartesian product (2 x 1 here)."""
+    repo = reproduced_repo
+    queued = output_of(repo.dvc("exp", "run", "--queue", "-S", "lr=0.0001,0.0004", "-S", "label_noise=0.1"))
+    names = re.findall(r"Queued experiment '([^']+)'", queued)
+    assert len(names) == 2, queued
+    try:
+        repo.dvc("queue", "start", "-j", "2")
+        statuses = wait_for_queue(repo, names)
+    finally:
+        repo.dvc("queue", "stop", "--kill", check=False)
+    assert statuses == dict.fromkeys(names, "Success"), "\n".join(
+        output_of(repo.dvc("queue", "logs", name, check=False)) for name in names)
+    rows = experiments(repo)
+    assert {(row_params(rows[name])["lr"], row_params(rows[name])["label_noise"]) for name in names} == {
+        (0.0001, 0.1), (0.0004, 0.1)}
+
+    # MLflow: the README's search lists exactly the sweep's two training runs, each named by its experiment
+    baseline = repo.git("rev-parse", "HEAD").stdout.strip()
+    client = repo.mlflow()
+    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    swept = client.search_runs(experiment_ids, f"tags.`dvc.baseline_rev` = '{baseline}'")
+    assert sorted(run.data.tags["dvc.exp_name"] for run in swept) == sorted(names)
+    assert sorted(run.info.run_name for run in swept) == sorted(names)
+    assert {run.info.status for run in swept} == {"FINISHED"}
+
+    # the leaderboard: one line per experiment, sorted by FID, without the ids and constants
+    keep = re.search(r"^LEADERBOARD_COLUMNS := (.*)$", (PROJECT / "Makefile").read_text(), re.MULTILINE)[1]
+    board = repo.dvc("exp", "show", "--csv", "--sort-by", "metrics/eval.json:fid_8", "--sort-order", "asc",
+                     "--drop", ".*", "--keep", keep.replace("$$", "$")).stdout
+    header, *lines = board.splitlines()
+    columns = header.split(",")
+    assert "fid_8" in columns and "lr" in columns
+    assert not {"mlflow_run_id", "mlflow_model_id", "fid_samples", "collapse_warning"} & set(columns)
+    ranked = [(row.split(",")[columns.index("Experiment")], float(row.split(",")[columns.index("fid_8")]))
+              for row in lines if row.split(",")[columns.index("Experiment")] in names]
+    assert len(ranked) == 2 and ranked[0][1] <= ranked[1][1]

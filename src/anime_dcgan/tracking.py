@@ -102,11 +102,16 @@ class _BoundedClient:
 
     def _mlflow(self) -> Any:
         if self._client is None:
+            import mlflow
             from mlflow.tracking import MlflowClient
 
             # the store's sqlalchemy errors come back to us as exceptions, handled below: not its traceback too
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-            self._client = MlflowClient(tracking_uri=self.uri)
+            # the registry in the same store (MLflow's default: ./mlflow.db of the working directory), and
+            # the process's global store too: log_model and the registry's own lookups use that one
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_registry_uri(self.uri)
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -288,11 +293,8 @@ class Tracker:
     def log_generator_model(self, run_id: str, generator_file: Path, image_size: int, step: int) -> str:
         """The generator as an MLflow LoggedModel (a pyfunc, see serving.py) linked to run `run_id`;
         returns its model id."""
-        import mlflow
-
         from anime_dcgan import serving
 
-        mlflow.set_tracking_uri(self.uri)  # log_model works through the fluent API's store
         return self.client.bounded(lambda: serving.log_generator(
             self.experiment_id, run_id, generator_file, image_size, step), once=True)  # a retry would log it twice
 
@@ -518,11 +520,13 @@ class Dataset:
 def download_artifacts(uri: str, destination: Path) -> Path:
     """The local copy of an MLflow artifact URI (runs:/<id>/models ...) from this repository's store
     (or MLFLOW_TRACKING_URI's server)."""
+    import mlflow
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     store = tracking_uri()
     _check_server(store)
+    mlflow.set_registry_uri(store)  # models:/<name>@<alias> is looked up there
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
                                                         tracking_uri=store))
