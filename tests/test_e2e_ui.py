@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.e2e
 @dataclass(frozen=True)
 class UiServer:
     base_url: str
+    link: str  # the one `make ui` prints
 
     def api(self, endpoint: str, **query: str) -> dict:
         response = requests.get(f"{self.base_url}/api/2.0/mlflow/{endpoint}", params=query, timeout=30)
@@ -67,10 +69,12 @@ def ui_server(trained_repo: ProjectRepo, tmp_path_factory: pytest.TempPathFactor
     command = ["make", "-C", str(PROJECT), "-o", ".venv/.installed", "ui", f"UI_PORT={port}",
                f"MLFLOW_STORE={trained_repo.tracking_uri}"]
     process = start_in_session(command, PROJECT, trained_repo.env, log_path)
-    server = UiServer(f"http://127.0.0.1:{port}")
+    base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{server.base_url}/health", SERVER_START_S, process, log_path)
-        yield server
+        wait_for_http(f"{base_url}/health", SERVER_START_S, process, log_path)
+        link = re.search(r"^MLflow UI: (\S+)$", log_path.read_text(), re.MULTILINE)
+        assert link, f"make ui printed no link:\n{log_tail(log_path)}"
+        yield UiServer(base_url, link[1])
     finally:
         survivors = stop_group(process)
         assert not survivors, f"processes of `make ui` that ignored SIGTERM: {survivors}\n{log_tail(log_path)}"
@@ -166,13 +170,19 @@ def test_a_headless_browser_renders_the_runs_page(trained_repo: ProjectRepo, ui_
     run_id = training_run_id(trained_repo)
     info = ui_server.api("runs/get", run_id=run_id)["run"]["info"]
     grid_width, grid_height = Image.open(trained_repo.root / "samples/grid.png").size
-    shots = {name: tmp_path / f"mlflow-run-{name}.png" for name in ("overview", "loss-chart", "sample-grid")}
+    shots = {name: tmp_path / f"mlflow-run-{name}.png" for name in ("runs", "overview", "loss-chart", "sample-grid")}
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(PAGE_TIMEOUT_MS)
+            # the link `make ui` prints: the experiment's runs in the model-training view, not GenAI's traces
+            page.goto(ui_server.link)
+            page.get_by_text(info["run_name"]).first.wait_for()
+            assert "workflowType=machine_learning" in page.url
+            page.get_by_text(re.compile(r"^synthetic \(")).first.wait_for()  # the Dataset column: name (digest)
+            page.screenshot(path=shots["runs"])
             page.goto(f"{ui_server.base_url}/#/experiments/{info['experiment_id']}/runs/{run_id}")
             page.get_by_text(info["run_name"]).first.wait_for()
             page.get_by_text("checkpoint_every").first.wait_for()  # a parameter, in the overview's table
@@ -197,3 +207,9 @@ def test_a_headless_browser_renders_the_runs_page(trained_repo: ProjectRepo, ui_
     for shot in shots.values():
         keep_screenshot(shot)
         assert_real_screenshot(shot)
+
+
+def test_make_ui_prints_the_link_to_the_experiments_runs_in_the_model_training_view(trained_repo: ProjectRepo, ui_server: UiServer) -> None:
+    experiment = ui_server.api("experiments/get-by-name", experiment_name="anime-dcgan")["experiment"]
+    assert ui_server.link == (f"{ui_server.base_url}/#/experiments/{experiment['experiment_id']}/runs"
+                              "?workflowType=machine_learning")
