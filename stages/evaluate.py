@@ -4,13 +4,14 @@ run in MLflow, linked to the run's generator model, which is registered as a new
 anime-dcgan-generator (@latest-eval, and @champion when its FID is the best under this protocol)."""
 
 import json
+from datetime import datetime, timezone
 
 from anime_dcgan import paths
 from anime_dcgan.device import pick_device
 from anime_dcgan.evaluation.evaluate import EvaluationInputs, evaluate
 from anime_dcgan.evaluation.reference import load_reference, reference_digest
 from anime_dcgan.params import load_params
-from anime_dcgan.tracking import Dataset, Tracker, provenance_tags
+from anime_dcgan.tracking import Dataset, Tracker, flatten, provenance_tags
 from anime_dcgan.util.io import atomic_write_json
 from anime_dcgan.util.stage import run_stage
 
@@ -24,10 +25,13 @@ def main() -> None:
         samples=paths.SAMPLES_NPY, real_images=paths.PROCESSED_IMAGES, manifest=paths.MANIFEST,
         reference=paths.REFERENCE_INCEPTION, attributes_dir=paths.REFERENCE_ATTRIBUTES, losses=paths.LOSSES_CSV,
         pictures={name: paths.SAMPLES_DIR / f"{name}.png" for name in ("progress_sheet", "interpolation")})
-    results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, pick_device(params.device))
-
     tracker = Tracker()
     run = tracker.run_for_training(train_summary["mlflow_run_id"])
+    header = {"MLflow run": run.run_id, "link": tracker.run_link(run.run_id),
+              "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "parameters": ", ".join(f"{key}={value}" for key, value in flatten(params.model_dump()).items())}
+    results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, pick_device(params.device), header)
+
     dataset = Dataset.of(paths.PROCESSED_IMAGES, params.data.source)
     # a run restored from DVC (not in this store) gets its generator logged here
     model_id = tracker.generator_model_of(run.run_id) or tracker.log_generator_model(

@@ -340,7 +340,7 @@ def test_queued_experiments_run_in_parallel_with_their_own_code_into_one_store(h
         assert {"models", "images", "samples", "report"} <= {path.name for path in artifacts.iterdir()}
         assert (artifacts / "models/generator_ema.pt").stat().st_size > 0
         progress_grids = sorted((artifacts / "images").glob("progress*.png"))
-        assert len(progress_grids) == steps // sample_every
+        assert len(progress_grids) == steps // sample_every + 1  # and the untrained one, step 0
         for picture in (*progress_grids, artifacts / "samples/grid.png"):
             png_bytes(picture)
         assert "<html" in (artifacts / "report/index.html").read_text().lower()

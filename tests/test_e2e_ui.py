@@ -127,7 +127,7 @@ def test_the_rest_api_serves_progress_grids_samples_and_models(trained_repo: Pro
     images = [entry["path"] for entry in ui_server.api("artifacts/list", run_id=run_id, path="images")["files"]]
     progress_pngs = {int(path.split("+step+")[1].split("+")[0]): path for path in images
                      if path.startswith("images/progress+step+") and path.endswith(".png")}
-    assert sorted(progress_pngs) == list(range(tiny["sample_every"], tiny["steps"] + 1, tiny["sample_every"]))
+    assert sorted(progress_pngs) == list(range(0, tiny["steps"] + 1, tiny["sample_every"]))  # step 0 included
     last = tiny["steps"]
     served = Image.open(io.BytesIO(ui_server.artifact_bytes(run_id, progress_pngs[last])))
     assert served.format == "PNG"

@@ -6,6 +6,7 @@ from test_metrics_attributes import pattern_images
 from test_metrics_swd import blob_images
 
 from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation import registry
 from anime_dcgan.evaluation.attributes import train_attribute_classifier
 from anime_dcgan.evaluation.reference import PROTOCOL, compute_reference, load_reference, save_reference
 from anime_dcgan.evaluation.registry import METRICS, EvalInputs, compute_metrics, count_label, default_metric_names
@@ -28,7 +29,7 @@ def feature_inputs(n_fake: int = 40, **overrides) -> EvalInputs:
 
 def test_default_metrics_return_every_named_float():
     results = compute_metrics(feature_inputs())
-    assert set(results) == {"fid_40", "kid_40", "kid_40_std", "precision_k3", "recall_k3", "swd_64", "swd_32",
+    assert set(results) == {"fid_40", "kid_40", "precision_k3", "recall_k3", "swd_64", "swd_32",
                             "swd_16", "swd_mean", "ms_ssim_fake", "ms_ssim_real", "copy_fraction",
                             "nn_distance_ratio"}
     assert all(type(value) is float and np.isfinite(value) for value in results.values())
@@ -40,9 +41,17 @@ def test_names_carry_the_sample_count_and_copies_score_as_copies():
     images = np.zeros((1000, 3, 16, 16), np.uint8)
     inputs = EvalInputs(fake_images=images, real_images=images, real_features=real, fake_features=real.copy())
     results = compute_metrics(inputs, ["fid", "kid", "memorization"])
-    assert set(results) == {"fid_1k", "kid_1k", "kid_1k_std", "copy_fraction", "nn_distance_ratio"}
+    assert set(results) == {"fid_1k", "kid_1k", "copy_fraction", "nn_distance_ratio"}
     assert results["fid_1k"] == pytest.approx(0.0, abs=1e-8)
     assert results["copy_fraction"] == 1.0
+
+
+def test_kid_spread_is_reported_only_when_its_subsets_differ(monkeypatch):
+    whole_sets = compute_metrics(feature_inputs(), ["kid"])
+    monkeypatch.setattr(registry, "KID_SUBSET", 10)  # subsets of 10 rows out of 40 and 60: they differ
+    subsets = compute_metrics(feature_inputs(), ["kid"])
+    assert set(whole_sets) == {"kid_40"} and set(subsets) == {"kid_40", "kid_40_std"}
+    assert subsets["kid_40_std"] > 1e-6
 
 
 def test_mode_coverage_runs_only_with_a_classifier_and_labels():

@@ -22,7 +22,7 @@ from anime_dcgan.training import checkpoint as ckpt
 SERVER_START_S = 180     # a busy 2-core machine starts uvicorn slowly
 LONGER = {"steps": 400, "log_every": 10, "sample_every": 20, "checkpoint_every": 20}
 LOGGED_STEPS = list(range(10, 401, 10))
-GRID_STEPS = set(range(20, 401, 20))
+GRID_STEPS = set(range(0, 401, 20))
 
 
 def stage_env(**variables: str) -> dict[str, str]:

@@ -109,7 +109,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     assert not torch.equal(trained.state_dict()[first], initial.generator.state_dict()[first])
     assert not torch.equal(trained.state_dict()[first], ema.state_dict()[first])
     assert sorted(p.name for p in (root / "progress").iterdir()) == [
-        "step_000004.png", "step_000008.png", "step_000012.png"]
+        "step_000000.png", "step_000004.png", "step_000008.png", "step_000012.png"]
 
     recorded = json.loads((root / "metrics/train.json").read_text())
     assert recorded == summary and recorded["resumed_from_step"] == 0
@@ -122,7 +122,7 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     artifacts = {a.path for a in client(root).list_artifacts(run.info.run_id)}
     assert {"images", "models", "metrics", "model_summary.txt"} <= artifacts
     images = [a.path for a in client(root).list_artifacts(run.info.run_id, "images")]
-    assert sum(p.endswith(".png") and "progress+step+" in p for p in images) == 3
+    assert sum(p.endswith(".png") and "progress+step+" in p for p in images) == 4  # steps 0, 4, 8, 12
     assert not (root / ".cache/checkpoints").exists() or not any((root / ".cache/checkpoints").iterdir())
 
 

@@ -9,11 +9,10 @@ The model carries this package's code, so it loads where the project is not inst
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import mlflow.pyfunc
 import numpy as np

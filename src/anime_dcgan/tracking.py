@@ -88,6 +88,20 @@ def _check_server(uri: str) -> None:
 _TRIED_ONCE = {"log_image"}
 
 
+def _use_store_in_process(uri: str) -> None:
+    """Make `uri` MLflow's global store and registry (log_model and the registry's own lookups read
+    those), without the MLFLOW_TRACKING_URI that set_tracking_uri also exports to child processes."""
+    import mlflow
+
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
 class _BoundedClient:
     """An MlflowClient whose every call ends within a bounded time, with one clear line when it fails."""
 
@@ -102,15 +116,12 @@ class _BoundedClient:
 
     def _mlflow(self) -> Any:
         if self._client is None:
-            import mlflow
             from mlflow.tracking import MlflowClient
 
             # the store's sqlalchemy errors come back to us as exceptions, handled below: not its traceback too
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-            # the registry in the same store (MLflow's default: ./mlflow.db of the working directory), and
-            # the process's global store too: log_model and the registry's own lookups use that one
-            mlflow.set_tracking_uri(self.uri)
-            mlflow.set_registry_uri(self.uri)
+            # the registry in the same store (MLflow's default: ./mlflow.db of the working directory)
+            _use_store_in_process(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -346,6 +357,11 @@ class Tracker:
                 return f"{said} is the new @champion (version {champion.version} had {champion_fid:.4g})"
             return f"{said}; @champion stays version {champion.version} ({champion_fid:.4g})"
 
+    def run_link(self, run_id: str) -> str:
+        """The run's page in the MLflow UI: on the tracking server, or on `make ui`'s default address."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
     def attach(self, run_id: str) -> Run:
         """Log into an existing run without changing its status."""
         return Run(self, run_id)
@@ -520,13 +536,12 @@ class Dataset:
 def download_artifacts(uri: str, destination: Path) -> Path:
     """The local copy of an MLflow artifact URI (runs:/<id>/models ...) from this repository's store
     (or MLFLOW_TRACKING_URI's server)."""
-    import mlflow
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     store = tracking_uri()
     _check_server(store)
-    mlflow.set_registry_uri(store)  # models:/<name>@<alias> is looked up there
+    _use_store_in_process(store)  # models:/<name>@<alias> is looked up there
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
                                                         tracking_uri=store))

@@ -8,6 +8,7 @@ resized to 299x299 with the TF1-compatible bilinear filter; see anime_dcgan.eval
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def coverage_labels(manifest: Path) -> pd.DataFrame | None:
 
 
 def evaluate(inputs: EvaluationInputs, report_dir: Path, fid_samples: int, seed: int,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, report_header: Mapping[str, str]) -> dict[str, Any]:
     """All registered metrics of the first fid_samples samples; writes report_dir/index.html."""
     samples = np.load(inputs.samples, mmap_mode="r")
     if len(samples) < fid_samples:
@@ -73,5 +74,5 @@ def evaluate(inputs: EvaluationInputs, report_dir: Path, fid_samples: int, seed:
     closest_real = real[[int(reference["indices"][real_index]) for _, real_index, _ in pairs]]
     write_report(report_dir, metrics, real=real[reference["indices"][:64]], fake=fake[:64],
                  closest_fake=closest_fake, closest_real=closest_real, losses=pd.read_csv(inputs.losses),
-                 extra_pictures=inputs.pictures)
+                 extra_pictures=inputs.pictures, header=report_header)
     return {**metrics, "fid_samples": fid_samples, "reference_images": len(reference["indices"])}

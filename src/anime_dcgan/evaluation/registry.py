@@ -5,7 +5,8 @@ Output names state their protocol, as stylegan2-ada's ``fid50k_full`` does: ``fi
 (<n> = number of generated images, written 1k/2k/5k/50k when divisible by 1000):
 
     fid            fid_<n>                   FID, Inception-v3 pool3 (inception.py, fid.py)
-    kid            kid_<n>, kid_<n>_std      KID (unscaled), 100 subsets of min(1000, n) (fid.py)
+    kid            kid_<n>, kid_<n>_std      KID (unscaled), 100 subsets of min(1000, n) (fid.py); the
+                                             std only when n > 1000 (else every subset is the whole set)
     pr_k3          precision_k3, recall_k3   improved precision/recall, k = 3, n real vs n generated
     swd            swd_64, swd_32, swd_16, swd_mean   Laplacian-pyramid patch SWD x1e3 (swd.py)
     ms_ssim        ms_ssim_fake, ms_ssim_real         mean MS-SSIM of random pairs, 1,000 by default (diversity.py)
@@ -33,6 +34,8 @@ from anime_dcgan.evaluation.inception import inception_features
 from anime_dcgan.evaluation.memorization import memorization
 from anime_dcgan.evaluation.precision_recall import precision_recall
 from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
+
+KID_SUBSET = 1000  # rows per KID subset: torch-fidelity's default
 
 
 @dataclass
@@ -106,9 +109,12 @@ def _fid(inputs: EvalInputs) -> dict[str, float]:
 
 @register_metric("kid")
 def _kid(inputs: EvalInputs) -> dict[str, float]:
-    mean, std = kernel_inception_distance(inputs.real_features, inputs.fake_inception_features(), seed=inputs.seed)
+    fake = inputs.fake_inception_features()
+    mean, std = kernel_inception_distance(inputs.real_features, fake, subset_size=KID_SUBSET, seed=inputs.seed)
     label = count_label(inputs.n_fake)
-    return {f"kid_{label}": mean, f"kid_{label}_std": std}
+    # subsets of both whole sets are all the same set: their spread would be rounding noise, not information
+    spread = KID_SUBSET < min(len(inputs.real_features), len(fake))
+    return {f"kid_{label}": mean} | ({f"kid_{label}_std": std} if spread else {})
 
 
 @register_metric("pr_k3")

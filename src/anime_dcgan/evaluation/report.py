@@ -1,7 +1,9 @@
-"""The evaluate stage's visual report: a small HTML page with its pictures, readable offline."""
+"""The evaluate stage's visual report: one self-contained HTML page (its pictures embedded), readable
+offline and inside MLflow's artifact preview, which cannot follow relative links."""
 
 from __future__ import annotations
 
+import base64
 import html
 import shutil
 from collections.abc import Mapping
@@ -56,11 +58,18 @@ def loss_curves(losses: pd.DataFrame, path: Path) -> None:
     plt.close(figure)
 
 
+def _embedded(path: Path) -> str:
+    """An <img> source holding the picture itself."""
+    kind = {".png": "png", ".gif": "gif"}.get(path.suffix, "png")
+    return f"data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
 def write_report(folder: Path, metrics: Mapping[str, float | str], real: np.ndarray, fake: np.ndarray,
                  closest_fake: np.ndarray, closest_real: np.ndarray, losses: pd.DataFrame,
-                 extra_pictures: Mapping[str, Path]) -> Path:
+                 extra_pictures: Mapping[str, Path], header: Mapping[str, str]) -> Path:
     """folder/index.html with real vs generated grids (uint8 (64, 3, S, S) each), the closest
-    sample/training-image pairs, the loss curves, the metric table and extra pictures (copied)."""
+    sample/training-image pairs, the loss curves, the metric table and extra pictures, all embedded
+    (the PNG files are kept beside it), under a header of `header`'s lines (run, link, date, parameters)."""
     with atomic_dir(folder) as staging:
         save_png(image_grid(real), staging / "real.png")
         save_png(image_grid(fake), staging / "generated.png")
@@ -68,12 +77,20 @@ def write_report(folder: Path, metrics: Mapping[str, float | str], real: np.ndar
         loss_curves(losses, staging / "losses.png")
         for name, path in extra_pictures.items():
             shutil.copy2(path, staging / f"{name}{path.suffix}")
+
+        def picture(name: str, alt: str) -> str:
+            return f'<img src="{_embedded(staging / name)}" alt="{html.escape(alt)}">'
+
         rows = "\n".join(
             f"<tr><td>{html.escape(name)}</td><td>{value:.4g}</td><td>{html.escape(_explain(name))}</td></tr>"
             if isinstance(value, float) else
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(value))}</td><td></td></tr>"
             for name, value in metrics.items())
-        extras = "\n".join(f'<h2>{html.escape(name)}</h2><img src="{name}{path.suffix}" alt="{html.escape(name)}">'
+        about = "\n".join(
+            f'<tr><td>{html.escape(name)}</td><td>'
+            + (f'<a href="{html.escape(value)}">{html.escape(value)}</a>' if value.startswith("http") else html.escape(value))
+            + "</td></tr>" for name, value in header.items())
+        extras = "\n".join(f"<h2>{html.escape(name)}</h2>{picture(f'{name}{path.suffix}', name)}"
                            for name, path in extra_pictures.items())
         (staging / "index.html").write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>anime-dcgan evaluation</title>
@@ -81,12 +98,13 @@ def write_report(folder: Path, metrics: Mapping[str, float | str], real: np.ndar
 table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 8px}}
 .pair{{display:flex;gap:2em}}</style></head><body>
 <h1>anime-dcgan evaluation</h1>
-<div class="pair"><div><h2>real</h2><img src="real.png" alt="real images"></div>
-<div><h2>generated</h2><img src="generated.png" alt="generated images"></div></div>
+<table>{about}</table>
+<div class="pair"><div><h2>real</h2>{picture("real.png", "real images")}</div>
+<div><h2>generated</h2>{picture("generated.png", "generated images")}</div></div>
 <h2>metrics</h2><table>{rows}</table>
 <h2>closest pairs (generated | nearest training image, Inception features)</h2>
-<img src="closest_pairs.png" alt="closest pairs">
-<h2>losses</h2><img src="losses.png" alt="loss curves">
+{picture("closest_pairs.png", "closest pairs")}
+<h2>losses</h2>{picture("losses.png", "loss curves")}
 {extras}
 </body></html>
 """)

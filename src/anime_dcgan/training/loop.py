@@ -252,6 +252,8 @@ class _Training:
             real_diversity = float(normalise(self.dataset[:GRID_SIZE]).std(dim=0).mean())
         step_gan = networks_for_steps(self.gan, runtime)
         bar = tqdm(total=loop.steps, initial=self.start_step, desc="train", unit="step", disable=not self.progress)
+        if self.start_step == 0:  # the untrained generator: the UI's image slider opens on a picture
+            self._progress_grid(0, z_fixed, real_diversity)
         started = time.perf_counter()
         for step in range(self.start_step + 1, loop.steps + 1):
             begin_step(runtime)
@@ -348,7 +350,7 @@ class _Training:
         diversity = float(samples.std(dim=0).mean()) / max(real_diversity, 1e-8)
         d_accuracy = self.history[-1]["d_accuracy"] if self.history else float("nan")
         self.pending.append((step, {"fixed_noise_diversity": diversity}))
-        if diversity < COLLAPSE_DIVERSITY and not self.collapse_warning:
+        if diversity < COLLAPSE_DIVERSITY and not self.collapse_warning and step > 0:  # not the initial weights
             self.collapse_warning = (f"step {step}: fixed-noise diversity {diversity:.3f} of the real "
                                      f"data's (< {COLLAPSE_DIVERSITY}), discriminator accuracy {d_accuracy:.2f}")
             print(f"WARNING: mode collapse suspected at {self.collapse_warning}")
