@@ -90,7 +90,8 @@ def assert_same_models(root: Path, reference: Path) -> None:
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
-def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
+def test_a_few_steps_learn_and_land_in_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the tiny run lasts seconds
     root = make_workspace(tmp_path)
     summary = run_library(root)
 
@@ -123,6 +124,8 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path):
     assert {"images", "models", "metrics", "model_summary.txt"} <= artifacts
     images = [a.path for a in client(root).list_artifacts(run.info.run_id, "images")]
     assert sum(p.endswith(".png") and "progress+step+" in p for p in images) == 4  # steps 0, 4, 8, 12
+    # the UI's system metrics charts: MLflow's monitor sampled the training
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     assert not (root / ".cache/checkpoints").exists() or not any((root / ".cache/checkpoints").iterdir())
 
 

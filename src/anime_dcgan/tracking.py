@@ -357,6 +357,22 @@ class Tracker:
                 return f"{said} is the new @champion (version {champion.version} had {champion_fid:.4g})"
             return f"{said}; @champion stays version {champion.version} ({champion_fid:.4g})"
 
+    @contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = 5) -> Iterator[None]:
+        """CPU, memory, disk and network use (and GPU use where nvidia-ml-py is installed: the `gpu`
+        extra) sampled every interval_s seconds (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides)
+        into the run's system metrics, by MLflow's own monitor thread. Best effort: during a store
+        outage its samples are dropped, and it says so only at the end."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # not a warning every sample
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def run_link(self, run_id: str) -> str:
         """The run's page in the MLflow UI: on the tracking server, or on `make ui`'s default address."""
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

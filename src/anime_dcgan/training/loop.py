@@ -229,8 +229,9 @@ class _Training:
             run.log_dataset(self.dataset_record, "training")
             if self.history:  # the resumed run carries the whole curve, not only the part after the restart
                 run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
-            seconds = self._steps()
-            return self._export(outputs, seconds)
+            with tracker.system_metrics(run.run_id):
+                seconds = self._steps()
+                return self._export(outputs, seconds)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         gan = self.gan
