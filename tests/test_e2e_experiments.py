@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -477,6 +478,14 @@ def test_a_two_point_sweep_runs_in_two_workers_is_grouped_in_mlflow_and_ranked_b
     assert sorted(run.info.run_name for run in swept) == sorted(names)
     assert {run.info.status for run in swept} == {"FINISHED"}
 
+    # an experiment's name is a --model: its committed models/, from the DVC cache
+    first = next(run for run in swept if run.data.tags["dvc.exp_name"] == names[0])
+    by_name = repo.run("anime-dcgan", "sample", "--model", names[0], "--seeds", "3,9", "--grid", "by-name.png")
+    by_run = repo.run("anime-dcgan", "sample", "--model", f"runs:/{first.info.run_id}/models", "--seeds", "3,9",
+                      "--grid", "by-run.png")
+    assert by_name.returncode == by_run.returncode == 0
+    assert (repo.root / "by-name.png").read_bytes() == (repo.root / "by-run.png").read_bytes()
+
     # the leaderboard: one line per experiment, sorted by FID, without the ids and constants
     keep = re.search(r"^LEADERBOARD_COLUMNS := (.*)$", (PROJECT / "Makefile").read_text(), re.MULTILINE)[1]
     board = repo.dvc("exp", "show", "--csv", "--sort-by", "metrics/eval.json:fid_8", "--sort-order", "asc",
@@ -488,3 +497,9 @@ def test_a_two_point_sweep_runs_in_two_workers_is_grouped_in_mlflow_and_ranked_b
     ranked = [(row.split(",")[columns.index("Experiment")], float(row.split(",")[columns.index("fid_8")]))
               for row in lines if row.split(",")[columns.index("Experiment")] in names]
     assert len(ranked) == 2 and ranked[0][1] <= ranked[1][1]
+
+    # outputs not in the cache: one line saying how to fetch them
+    shutil.rmtree(repo.root / ".dvc/cache")
+    missing = repo.run("anime-dcgan", "sample", "--model", names[0], "--seeds", "3", "--grid", "x.png", check=False)
+    assert missing.returncode != 0 and f"dvc exp pull <remote> {names[0]}" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr

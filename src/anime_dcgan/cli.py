@@ -40,7 +40,8 @@ EXAMPLES = {
   anime-dcgan sample --model models --seeds 42 --outdir faces/
   anime-dcgan sample --model models --seeds 0-63 --grid grid.png
   anime-dcgan sample --model models:/anime-dcgan-generator@champion --seeds 42 --grid champion.png
-  anime-dcgan sample --model runs:/<run id>/models --count 10000 --outdir fid-images/""",
+  anime-dcgan sample --model runs:/<run id>/models --count 10000 --outdir fid-images/
+  anime-dcgan sample --model <dvc experiment name> --seeds 0-15 --grid exp.png""",
     "interpolate": """examples:
   anime-dcgan interpolate --model models --seeds 1,7,42 --frames 60 --out walk.gif
   anime-dcgan interpolate --model models --seeds 3,4 --frames 90 --fps 30 --out walk.mp4""",
@@ -88,11 +89,14 @@ def resolve_generator(model: str, which: str, download_dir: Path) -> Path:
         from anime_dcgan.tracking import download_artifacts
 
         local = download_artifacts(model, download_dir)
-    else:
+    elif Path(model).exists():
         local = Path(model)
-        if not local.exists():
-            raise CliError(f"--model {model}: no such folder or file (give the models/ folder, a generator "
-                           ".pt file or an MLflow URI such as runs:/<run id>/models)")
+    else:
+        local = experiment_generator(model, which, download_dir)
+        if local is None:
+            raise CliError(f"--model {model}: no such folder, file or DVC experiment (give the models/ folder, a "
+                           "generator .pt file, an experiment name from `dvc exp show` or an MLflow URI such as "
+                           "runs:/<run id>/models)")
     if (local / "MLmodel").is_file():  # an MLflow model (models:/...): it holds the EMA generator only
         if which != "ema":
             raise CliError(f"--model {model}: an MLflow model holds the EMA generator only; drop --generator raw "
@@ -104,6 +108,35 @@ def resolve_generator(model: str, which: str, download_dir: Path) -> Path:
             raise CliError(f"--model {model}: holds no {GENERATOR_FILES[which]} (the train stage's models/ "
                            "folder has one)")
     return local
+
+
+def experiment_generator(name: str, which: str, download_dir: Path) -> Path | None:
+    """The generator file of DVC experiment `name` of the repository around the working directory
+    (its committed models/ output, read from the DVC cache or remote), or None when no experiment has
+    that name."""
+    import dvc.api
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+    from dvc.repo.experiments.utils import resolve_name
+
+    try:
+        repo = Repo()
+    except NotDvcRepoError:
+        return None
+    with repo:
+        found = resolve_name(repo.scm, name).get(name)
+        if found is None:
+            return None
+        rev = repo.scm.get_ref(str(found))
+        target = download_dir / GENERATOR_FILES[which]
+        try:
+            with dvc.api.open(f"models/{GENERATOR_FILES[which]}", repo=repo.root_dir, rev=rev, mode="rb") as source:
+                target.write_bytes(source.read())
+        except Exception as exc:  # not in the cache, and no remote holds it
+            raise CliError(f"--model {name}: the experiment's models/ are not in the DVC cache ({type(exc).__name__}); "
+                           f"fetch them with `dvc exp pull <remote> {name}`, or `dvc exp apply {name} && dvc pull "
+                           "models`") from None
+    return target
 
 
 def open_generator(model: str, which: str, device: str) -> Generator:
