@@ -23,11 +23,16 @@ def main() -> None:
         else:
             images = np.load(paths.PROCESSED_IMAGES, mmap_mode="r")
             classifier, report = train_attribute_classifier(images, labels, COVERAGE_ATTRIBUTES, params.seed,
-                                                            pick_device(params.device))
+                                                            pick_device(params.device), progress=True)
             save_attribute_classifier(staging / CLASSIFIER_FILE, classifier, report)
             report = {"available": True, **report}
         atomic_write_json(staging / "report.json", report)
-    print(f"attribute_classifier: {report}")
+    if report["available"]:
+        accuracies = ", ".join(f"{name} {report[f'val_accuracy_{name}']:.1%}" for name in COVERAGE_ATTRIBUTES)
+        print(f"attribute_classifier: validation accuracy {accuracies} ({report['train_images']:,} training and "
+              f"{report['val_images']:,} validation images, {report['epochs']} epochs, {report['train_seconds']} s)")
+    else:
+        print(f"attribute_classifier: not trained: {report['reason']}; mode coverage is not measured")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation.images import as_uint8_images
@@ -103,7 +104,8 @@ def train_attribute_classifier(images: np.ndarray | torch.Tensor, labels: pd.Dat
                                device: str | torch.device = "cpu", epochs: int = 3,
                                max_images: int = 20_000, validation_fraction: float = 0.1,
                                batch_size: int = 128, lr: float = 2e-3,
-                               channels: tuple[int, ...] = (16, 32, 64)) -> tuple[AttributeClassifier, dict[str, Any]]:
+                               channels: tuple[int, ...] = (16, 32, 64),
+                               progress: bool = False) -> tuple[AttributeClassifier, dict[str, Any]]:
     """Train on (a seeded subset of up to ``max_images`` of) the real images and their labels.
 
     Rows of ``labels`` match images by position (manifest.csv row i describes image i). A seeded
@@ -135,7 +137,7 @@ def train_attribute_classifier(images: np.ndarray | torch.Tensor, labels: pd.Dat
         torch.manual_seed(seed)
         model = AttributeClassifier(config).to(device)
     started = time.perf_counter()
-    _fit(model, pixels, targets, training, epochs, batch_size, lr, seed)
+    _fit(model, pixels, targets, training, epochs, batch_size, lr, seed, progress)
     seconds = time.perf_counter() - started
     predictions = predict_attributes(model, pixels[validation], device)
     report: dict[str, Any] = {
@@ -145,21 +147,25 @@ def train_attribute_classifier(images: np.ndarray | torch.Tensor, labels: pd.Dat
 
 
 def _fit(model: AttributeClassifier, pixels: torch.Tensor, targets: dict[str, torch.Tensor], rows: torch.Tensor,
-         epochs: int, batch_size: int, lr: float, seed: int) -> None:
+         epochs: int, batch_size: int, lr: float, seed: int, progress: bool = False) -> None:
     """Adam on the given rows of uint8 images (n, 3, S, S) and class indices (n,) per attribute,
     visited in a seeded order."""
     device = next(model.parameters()).device
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
     model.train()
+    bar = tqdm(total=epochs * -(-len(rows) // batch_size), desc="attribute classifier", unit="batch",
+               disable=not progress, mininterval=0.5)
     for _ in range(epochs):
         for batch in rows[torch.randperm(len(rows), generator=order)].split(batch_size):
+            bar.update()
             logits = model(pixels[batch].to(device))
             # summed cross-entropy over the heads: minimise sum_a -log p_a(label_a | image)
             loss = sum(F.cross_entropy(logits[a], targets[a][batch].to(device)) for a in targets)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+    bar.close()
     model.eval()
 
 
