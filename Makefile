@@ -21,6 +21,7 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m anime_dcgan.offline_plots .dvc/plots/offline.html   # `dvc plots` pages that draw offline
 	touch $@
 
 repro: $(INSTALLED)

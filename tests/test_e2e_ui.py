@@ -213,3 +213,37 @@ def test_make_ui_prints_the_link_to_the_experiments_runs_in_the_model_training_v
     experiment = ui_server.api("experiments/get-by-name", experiment_name="anime-dcgan")["experiment"]
     assert ui_server.link == (f"{ui_server.base_url}/#/experiments/{experiment['experiment_id']}/runs"
                               "?workflowType=machine_learning")
+
+
+def test_dvc_plots_draw_their_loss_curves_with_the_network_off(reproduced_repo: ProjectRepo, tmp_path: Path) -> None:
+    """The page of `dvc plots show` (the template `make install` writes) in a browser that is offline."""
+    sync_playwright = browser_or_skip()
+    template = PROJECT / ".dvc/plots/offline.html"
+    if "vegaEmbed" not in template.read_text():
+        pytest.skip(f"{template} holds no inlined vega: make install could not reach the npm registry")
+    reproduced_repo.dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    page_file = tmp_path / "plots/index.html"
+    assert "cdn.jsdelivr" not in page_file.read_text()
+    shot = tmp_path / "dvc-plots-offline.png"
+    requested: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(offline=True, viewport=VIEWPORT)
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(page_file.as_uri())
+            # both line plots of dvc.yaml (losses, discriminator outputs) drawn by vega into canvases
+            page.wait_for_function("document.querySelectorAll('.vega-embed canvas').length >= 2",
+                                   timeout=PAGE_TIMEOUT_MS)
+            drawn = page.evaluate("""() => Array.from(document.querySelectorAll('.vega-embed canvas')).map(c => {
+                const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let inked = 0;
+                for (let i = 3; i < data.length; i += 4) if (data[i] > 0) inked++;
+                return inked; })""")
+            page.screenshot(path=shot, full_page=False)
+        finally:
+            browser.close()
+    keep_screenshot(shot)
+    assert all(inked > 1000 for inked in drawn), f"a chart is blank: inked pixels per canvas {drawn}"
+    assert not [url for url in requested if url.startswith(("http://", "https://"))], requested
