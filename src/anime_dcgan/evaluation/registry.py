@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from anime_dcgan.evaluation.attributes import AttributeClassifier, mode_coverage
 from anime_dcgan.evaluation.diversity import DEFAULT_PAIRS, mean_pairwise_ms_ssim
@@ -53,7 +54,7 @@ class EvalInputs:
     seed: int = 0
     device: str | torch.device = "cpu"
     ms_ssim_pairs: int = DEFAULT_PAIRS       # pairs per set for ms_ssim_*
-    progress: bool = False                   # progress bar while computing Inception features
+    progress: bool = False                   # progress bars: Inception features, then the metrics
 
     def __post_init__(self) -> None:
         self.fake_images = as_uint8_images(self.fake_images, "fake_images")
@@ -166,6 +167,8 @@ def compute_metrics(inputs: EvalInputs, names: list[str] | tuple[str, ...] | Non
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; registered: {', '.join(METRICS)}")
     results: dict[str, float] = {}
-    for name in names:
+    bar = tqdm(names, desc="metrics", unit="metric", disable=not inputs.progress)
+    for name in bar:
+        bar.set_postfix_str(name)  # the slow ones (SWD, MS-SSIM) say so while they run
         results.update({key: float(value) for key, value in METRICS[name](inputs).items()})
     return results
