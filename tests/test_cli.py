@@ -69,7 +69,7 @@ def test_sample_from_an_mlflow_run_uri_gives_the_same_images(trained: Path, tmp_
 @pytest.mark.parametrize(("args", "message"), [
     (["sample", "--seeds", "5-1", "--grid", "g.png"], "the range 5-1 runs backwards (write 1-5)"),
     (["sample", "--seeds", "abc", "--grid", "g.png"], "'abc' is neither a seed nor a range such as 0-63"),
-    (["sample", "--model", "absent", "--seeds", "1", "--grid", "g.png"], "--model absent: no such folder or file"),
+    (["sample", "--model", "absent", "--seeds", "1", "--grid", "g.png"], "--model absent: no such folder, file or DVC experiment"),
     (["sample", "--model", "models/discriminator.pt", "--seeds", "1", "--grid", "g.png"], "holds a discriminator"),
     (["sample", "--model", "runs:/0123456789abcdef/models", "--seeds", "1", "--grid", "g.png"],
      "runs:/0123456789abcdef/models: cannot be fetched from the MLflow store"),
