@@ -85,7 +85,9 @@ class ProjectRepo:
     def mlflow(self):
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        # the registry named too: otherwise MLflow takes the process's global one, which an in-process
+        # Tracker of another test may have set
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
 def repo_env(home: Path) -> dict[str, str]:

@@ -303,7 +303,10 @@ def test_repeated_experiment_is_restored_from_run_cache_and_names_the_run_that_m
     current_params = {key: str(value) for key, value in flatten(repo.params()).items()}
     assert {key: run.data.params.get(key) for key in current_params} == current_params
     assert repeated.evaluation["mlflow_run_id"] == run_id
-    scores = {key: value for key, value in repeated.evaluation.items() if key != "mlflow_run_id"}
+    # the ids, and the set sizes (tags of the run, not metrics), are not among the run's metrics
+    not_scores = {"mlflow_run_id", "mlflow_model_id", "fid_samples", "reference_images"}
+    scores = {key: value for key, value in repeated.evaluation.items() if key not in not_scores}
+    assert {f"evaluate.{key}" for key in ("fid_samples", "reference_images")} <= set(run.data.tags)
     assert {key: run.data.metrics.get(key) for key in scores} == pytest.approx(scores, nan_ok=True)
 
 
