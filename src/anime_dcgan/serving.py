@@ -19,9 +19,6 @@ import numpy as np
 
 import anime_dcgan
 
-# the signature is given explicitly (below), not read from type hints on predict
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # MLflow colours it
-
 GENERATOR_ARTIFACT = "generator"  # the name of the .pt file among the model's artifacts
 MODEL_NAME = "generator"          # the LoggedModel's name within its run
 
