@@ -9,7 +9,6 @@ The model carries this package's code, so it loads where the project is not inst
 
 from __future__ import annotations
 
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
