@@ -49,10 +49,9 @@ def log_generator(experiment_id: str, run_id: str, generator_file: Path, image_s
     """Log `generator_file` as a LoggedModel of run `run_id` in the process's tracking store (set by
     the Tracker); returns its model id."""
     import pandas as pd
-
-    mlflow.set_experiment(experiment_id=experiment_id)
     from mlflow.models import Model
 
+    mlflow.set_experiment(experiment_id=experiment_id)
     # Model.log, not pyfunc.log_model: only it takes the run to link the model to
     info = Model.log(
         artifact_path=None, flavor=mlflow.pyfunc, name=MODEL_NAME, run_id=run_id, step=step, model_type="gan-generator",
