@@ -82,8 +82,7 @@ def test_features_do_not_depend_on_batching_or_source(pattern_features, tmp_path
     # from a memory map, one image per batch, in the order given by indices, as a torch tensor
     reordered = inception_features(mapped, "cpu", batch_size=1, indices=np.array([1, 0]))
     assert np.allclose(reordered, one_batch, atol=1e-4)
-    contiguous = load_inception("cpu", channels_last=False)
-    as_tensor = inception_features(torch.from_numpy(patterns), "cpu", model=contiguous)
+    as_tensor = inception_features(torch.from_numpy(patterns), "cpu", batch_size=64)
     assert np.allclose(as_tensor, one_batch, atol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast region does not leak in
         assert np.allclose(inception_features(patterns, "cpu"), one_batch, atol=1e-4)
@@ -108,6 +107,19 @@ def test_missing_or_damaged_weights_say_how_to_fix_them(tmp_path):
     with pytest.raises(InceptionWeightsError, match="SHA-1"):
         check_weights_file(damaged)
     check_weights_file(inception_weights_path())  # the installed file passes
+
+
+@pytest.mark.slow
+def test_folded_network_gives_the_published_networks_features_and_fid(shared_sample_zip):
+    real = read_zip_images(shared_sample_zip, 160)  # (160, 3, 64, 64)
+    published = inception_features(real, "cpu", model=load_inception("cpu", folded=False))
+    folded = inception_features(real, "cpu")
+    assert np.abs(folded - published).max() <= 1e-4 * np.abs(published).max()
+    assert np.linalg.norm(folded - published) <= 1e-5 * np.linalg.norm(published)
+
+    def halves_fid(features):
+        return frechet_distance(*feature_statistics(features[:80]), *feature_statistics(features[80:]))
+    assert halves_fid(folded) == pytest.approx(halves_fid(published), abs=0.01)
 
 
 @pytest.mark.slow

