@@ -5,7 +5,8 @@ reference: pytorch/examples `dcgan/main.py`'s loop: ImageFolder (Resize, CenterC
 Normalize) in a DataLoader (shuffle, 2 workers), sigmoid + BCELoss, Adam(2e-4, (0.5, 0.999)), fp32,
 eager, contiguous, and the five values it reads on the host every iteration to print them.
 project: the train stage's step as training/loop.py sets it up and runs it, on the preprocess
-stage's uint8 images on the device, with pick_runtime(--device, --precision, compile "auto").
+stage's uint8 images on the device, with pick_runtime(--device, --precision, compile "auto") and
+the precision and CPU kernels the stage's calibration (training/calibration.py) picks.
 
 Images: the real sample (benchmarks/common.py) when present, else synthetic faces. Every run is a
 fresh child process; the sides alternate round after round and each keeps its best round; warm-up
@@ -40,10 +41,9 @@ from anime_dcgan.data.preprocess import preprocess_images
 from anime_dcgan.data.synthetic import write_synthetic_dataset
 from anime_dcgan.device import Runtime, pick_runtime, tune_cpu_allocator
 from anime_dcgan.params import load_params
-from anime_dcgan.training.cpu_ops import use_cpu_kernels
-from anime_dcgan.training.loop import begin_step, load_dataset, networks_for_steps, seed_everything
+from anime_dcgan.training.calibration import calibrate, step_runner
+from anime_dcgan.training.loop import load_dataset, seed_everything
 from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
-from anime_dcgan.training.step import STEP_METRICS, build_gan, draw_step_inputs, ema_decay_at, train_step
 from anime_dcgan.util.io import atomic_write_json
 from anime_dcgan.util.stage import run_stage
 
@@ -109,26 +109,14 @@ def project_step(dataset: torch.Tensor, batch_size: int, runtime: Runtime) -> Ca
     logging and checkpoints; returns the number of images it trained on."""
     optim = load_params(REPO_ROOT / "params.yaml").optim.model_copy(update={"batch_size": batch_size})
     seed_everything(0)
-    gan = build_gan(MODEL, optim, runtime.device)
-    if runtime.device.type == "cpu":
-        use_cpu_kernels(gan.generator, gan.discriminator)
-    step_gan = networks_for_steps(gan, runtime)
-    metric_sums = torch.zeros(len(STEP_METRICS), device=runtime.device)  # the loop sums them on the device too
-    step_numbers = itertools.count(1)
-
-    def step() -> int:
-        begin_step(runtime)
-        indices, z, targets = draw_step_inputs(len(dataset), batch_size, MODEL.nz, optim.label_noise, runtime.device)
-        metric_sums.add_(train_step(step_gan, dataset, indices, z, targets, runtime.autocast(),
-                                    ema_decay_at(next(step_numbers), optim.ema_decay)))
-        return batch_size
-
-    return step
+    step = step_runner(MODEL, optim, runtime, dataset)
+    return lambda: (step(), batch_size)[1]
 
 
 def timed_run(spec: dict) -> float:
     """Images/s of one side over spec["steps"] steps after spec["warmup"] untimed ones (a child process)."""
-    runtime = pick_runtime(spec["device"], spec["precision"], "auto")
+    runtime = dataclasses.replace(pick_runtime(spec["device"], spec["precision"], "auto"),
+                                  cpu_kernels=spec["cpu_kernels"])
     torch.manual_seed(0)
     if spec["side"] == "reference":
         step = reference_step(Path(spec["raw"]), spec["batch_size"], runtime.device)
@@ -214,7 +202,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as temp:
         raw, images_npy, source, n_images = prepare_images(Path(temp))
         print(f"images: {source}; {n_images:,} kept by preprocess for the project", flush=True)
-        spec = {"device": runtime.device.type, "precision": runtime.precision, "batch_size": args.batch_size,
+        # the project's step variant as the train stage chooses it, timed afresh here (not cached)
+        optim = load_params(REPO_ROOT / "params.yaml").optim.model_copy(update={"batch_size": args.batch_size})
+        calibration = calibrate(MODEL, optim, runtime, args.precision, cache=Path(temp) / "calibration.json")
+        runtime = calibration.choice.applied_to(runtime)
+        print(f"project step variant: {calibration.describe()}", flush=True)
+        spec = {"device": runtime.device.type, "precision": runtime.precision, "cpu_kernels": runtime.cpu_kernels,
+                "batch_size": args.batch_size,
                 "steps": args.steps, "warmup": args.warmup, "raw": str(raw), "images_npy": str(images_npy)}
         for round_number in range(1, args.repeats + 1):
             for side in SIDES:  # alternating: a lasting change of the machine's speed reaches both sides
@@ -227,7 +221,9 @@ def main() -> None:
         "command": shlex.join([sys.executable, *sys.argv]), "cpu": cpu_model(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "device": runtime.device.type,
         "gpu": torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else None,
-        "project_precision": runtime.precision, "project_compiled": runtime.compile, "arch": MODEL.arch,
+        "project_precision": runtime.precision, "project_cpu_kernels": runtime.cpu_kernels,
+        "project_compiled": runtime.compile, "calibration_images_per_s": calibration.images_per_second,
+        "arch": MODEL.arch,
         "image_size": IMAGE_SIZE, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
         "repeats": args.repeats, "images": source, "project_images": n_images,
         **{f"{side}_images_per_s": best[side] for side in SIDES},
@@ -235,7 +231,7 @@ def main() -> None:
         "project_over_reference": best["project"] / best["reference"],
     }
     print(f"best of {args.repeats}: reference (fp32) {best['reference']:.1f} images/s, project "
-          f"({runtime.precision}) {best['project']:.1f}: {report['project_over_reference']:.2f}x")
+          f"({calibration.choice.label}) {best['project']:.1f}: {report['project_over_reference']:.2f}x")
     if args.conv_limit:
         gflop_per_image = project_flops_per_image(args.batch_size, runtime) / 1e9
         report |= {"conv_limit_gflops": max(limits), "project_gflop_per_image": gflop_per_image,

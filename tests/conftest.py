@@ -1,9 +1,12 @@
 import os
 import signal
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from anime_dcgan.training.calibration import CACHE_ENV as CALIBRATION_CACHE_ENV
 
 # real HTTP servers (http_fixtures.py) and real git + DVC repositories of the project (project_repo.py)
 pytest_plugins = ["http_fixtures", "project_repo"]
@@ -14,6 +17,9 @@ SHARED_SAMPLE_ZIP = Path(os.environ.get("ANIME_DCGAN_SAMPLE") or REPO_ROOT.paren
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # one calibration cache for the session (the stages the tests start inherit it): runs of one
+    # configuration in different tests choose the same step variant, and the user's cache is untouched
+    os.environ[CALIBRATION_CACHE_ENV] = str(Path(tempfile.mkdtemp(prefix="anime-dcgan-calibration-")) / "cache.json")
     # A session started with SIGINT ignored (`nohup make test`, or `make test &` in a script) passes
     # that on to the stages it starts, which then rightly ignore Ctrl-C, and the interruption tests
     # fail. A Python handler here is reset to the default in every program the tests start.

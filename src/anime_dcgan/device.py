@@ -21,6 +21,7 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None = plain fp32
     compile: bool
+    cpu_kernels: bool = False  # cpu_ops' weight-gradient layers (CPU only)
 
     @property
     def precision(self) -> str:
@@ -65,6 +66,8 @@ def supports_bf16(device: torch.device) -> bool:
 
 
 def pick_runtime(device: str = "auto", precision: str = "auto", compile: str | bool = "auto") -> Runtime:
+    """The runtime before calibration: on the CPU, the train stage then times the precision and kernel
+    variants (training/calibration.py) and keeps the fastest."""
     chosen = pick_device(device)
     if precision == "bf16" and not supports_bf16(chosen):
         raise PipelineError(f"precision: bf16 is not supported on {chosen.type} here; use precision: auto or fp32")
@@ -74,7 +77,7 @@ def pick_runtime(device: str = "auto", precision: str = "auto", compile: str | b
         # mostly oneDNN convolutions that Inductor leaves as they are, so compiling costs its compile
         # time for no faster step (benchmarks/train_throughput.md).
         compile = chosen.type == "cuda"
-    return Runtime(chosen, torch.bfloat16 if use_bf16 else None, bool(compile))
+    return Runtime(chosen, torch.bfloat16 if use_bf16 else None, bool(compile), chosen.type == "cpu")
 
 
 def tune_cpu_allocator() -> bool:

@@ -32,6 +32,7 @@ from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import Params
 from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training.calibration import Calibration, calibrate, record_choice, recorded_choice
 from anime_dcgan.training.cpu_ops import use_cpu_kernels
 from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
 from anime_dcgan.training.sample import to_uint8
@@ -138,8 +139,11 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
         raise PipelineError(f"another training run with the same parameters and data is running "
                            f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
+        calibration = step_choice(params, runtime, dataset.shape[-1], folder)
+        print(f"train: step variant {calibration.describe()}")
         record = Dataset.of(images_path, params.data.source)
-        return _Training(params, runtime, dataset, record, folder, progress).run(tracker, outputs)
+        return _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
+                         progress).run(tracker, outputs)
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
@@ -147,6 +151,17 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
             "training resumes there" if step is not None else "no training step was lost")) from None
     finally:
         lock.release()
+
+
+def step_choice(params: Params, runtime: Runtime, image_size: int, folder: Path) -> Calibration:
+    """The run's precision and CPU kernels: those it recorded when it started (a resumed run keeps
+    them), else the calibration's for this machine, recorded in `folder`."""
+    recorded = recorded_choice(folder)
+    if recorded is not None:
+        return Calibration(recorded, "recorded")
+    calibration = calibrate(ModelConfig.from_params(params.model, image_size), params.optim, runtime, params.precision)
+    record_choice(folder, calibration.choice)
+    return calibration
 
 
 def networks_for_steps(gan: Gan, runtime: Runtime) -> Gan:
@@ -173,9 +188,10 @@ class _Training:
     """One training run: its networks, checkpoint folder (named by the run identity), MLflow run and
     loss history."""
 
-    def __init__(self, params: Params, runtime: Runtime, dataset: torch.Tensor, dataset_record: Dataset,
-                 folder: Path, progress: bool):
+    def __init__(self, params: Params, runtime: Runtime, calibration: Calibration, dataset: torch.Tensor,
+                 dataset_record: Dataset, folder: Path, progress: bool):
         self.params, self.runtime, self.dataset, self.folder, self.progress = params, runtime, dataset, folder, progress
+        self.calibration = calibration
         self.dataset_record = dataset_record
         self.optim, self.loop = params.optim, params.loop
         self.model_config = ModelConfig.from_params(params.model, dataset.shape[-1])
@@ -183,7 +199,7 @@ class _Training:
         self.gan = build_gan(self.model_config, self.optim, runtime.device)
         # summaries of the plain networks, before the CPU kernels are swapped in
         self.summaries = "\n\n".join(model_summary(m) for m in (self.gan.generator, self.gan.discriminator))
-        if runtime.device.type == "cpu":
+        if runtime.cpu_kernels:
             use_cpu_kernels(self.gan.generator, self.gan.discriminator)
         self.interval = _Interval(self.loop.log_every, runtime.device)
         self.history: list[dict[str, float]] = []
@@ -224,7 +240,10 @@ class _Training:
             run.log_params(self.params.model_dump())
             run.log_params({"lr_generator": self.optim.lr_g, "lr_discriminator": self.optim.lr_d,
                             "runtime.device": self.runtime.device.type, "runtime.precision": self.runtime.precision,
-                            "runtime.compile": self.runtime.compile, "data.n_images": len(self.dataset)})
+                            "runtime.compile": self.runtime.compile, "runtime.cpu_kernels": self.runtime.cpu_kernels,
+                            "runtime.step_choice": self.calibration.source, "data.n_images": len(self.dataset),
+                            **{f"calibration.{label}_images_per_s": rate
+                               for label, rate in self.calibration.images_per_second.items()}})
             run.log_text(self.summaries, "model_summary.txt")
             run.log_dataset(self.dataset_record, "training")
             if self.history:  # the resumed run carries the whole curve, not only the part after the restart
@@ -393,6 +412,9 @@ class _Training:
             "device": self.runtime.device.type,
             "precision": self.runtime.precision,
             "compiled": self.runtime.compile,
+            "cpu_kernels": self.runtime.cpu_kernels,
+            "step_choice": self.calibration.source,
+            "calibration_images_per_second": self.calibration.images_per_second,
             "peak_rss_mb": round(peak_rss_bytes() / 2**20),  # of the whole stage process so far
             "collapse_warning": self.collapse_warning,
             "mlflow_run_id": run.run_id,
