@@ -5,7 +5,7 @@ oneDNN's own, depends on the CPU: a CPU that reports AVX512-BF16 can still run b
 slower than fp32 ones, and the weight-gradient kernels differ between CPU families. So on the CPU
 `precision: auto` (and, whatever the precision, the kernel variant) is decided by running the real
 train step of the run's networks at its batch size for every candidate, alternating rounds and
-keeping each candidate's best round, then taking the fastest.
+keeping each candidate's best round, then taking the fastest (a few seconds).
 
 The result is cached per machine and configuration (CPU model, core count, torch version and
 threads, networks, batch size, candidates) in a JSON file shared by every clone on the machine, so
@@ -17,6 +17,7 @@ On CUDA and MPS nothing is timed: bf16 where the device supports it (CUDA, compi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from anime_dcgan.training.step import build_gan, draw_step_inputs, ema_decay_at,
 from anime_dcgan.util.io import atomic_write_json
 
 CACHE_ENV = "ANIME_DCGAN_CALIBRATION_CACHE"  # the cache file; default below
-WARMUP_STEPS = 1   # oneDNN picks and caches its kernels on the first step of each shape
+WARMUP_STEPS = 1   # untimed steps of each fresh candidate: oneDNN picks its kernels, Adam allocates its state
 ROUNDS = 2         # timed steps per candidate, one per round, candidates alternating
 RECORD_FILE = "step_choice.json"  # in a run's checkpoint folder
 
@@ -99,18 +100,21 @@ def step_runner(model: ModelConfig, optim: OptimParams, runtime: Runtime, datase
     return step
 
 
-def time_candidates(runners: dict[str, Callable[[], None]], rounds: int = ROUNDS) -> dict[str, float]:
-    """Seconds of each runner's fastest call: WARMUP_STEPS untimed calls each, then `rounds` rounds
-    calling every runner once, so that a slow spell of the machine reaches all of them alike."""
-    for run in runners.values():
-        for _ in range(WARMUP_STEPS):
-            run()
-    best = dict.fromkeys(runners, float("inf"))
+def time_candidates(factories: dict[str, Callable[[], Callable[[], None]]], rounds: int = ROUNDS) -> dict[str, float]:
+    """Seconds of each candidate's fastest timed step. Each round builds every candidate in turn
+    (`factories` make a fresh step runner), runs WARMUP_STEPS untimed steps and one timed step, then
+    frees it: the candidates alternate, so a slow spell of the machine reaches all of them alike, and
+    only one candidate's networks are in memory at a time."""
+    best = dict.fromkeys(factories, float("inf"))
     for _ in range(rounds):
-        for label, run in runners.items():
+        for label, make in factories.items():
+            run = make()
+            for _ in range(WARMUP_STEPS):
+                run()
             started = time.perf_counter()
             run()
             best[label] = min(best[label], time.perf_counter() - started)
+            del run
     return best
 
 
@@ -165,8 +169,9 @@ def _measure(model: ModelConfig, optim: OptimParams, runtime: Runtime, choices: 
         size = model.image_size
         dataset = torch.randint(0, 256, (optim.batch_size, 3, size, size), dtype=torch.uint8,
                                 device=runtime.device)                                     # (B, 3, S, S)
-        runners = {c.label: step_runner(model, optim, c.applied_to(runtime), dataset) for c in choices}
-        seconds = time_candidates(runners)
+        factories = {c.label: functools.partial(step_runner, model, optim, c.applied_to(runtime), dataset)
+                     for c in choices}
+        seconds = time_candidates(factories)
     return {label: round(optim.batch_size / s, 1) for label, s in seconds.items()}
 
 
