@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import platform
 import shlex
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from anime_dcgan.data.preprocess import preprocess_images
 from anime_dcgan.data.synthetic import write_synthetic_dataset
 from anime_dcgan.device import Runtime, pick_runtime, tune_cpu_allocator
 from anime_dcgan.params import load_params
-from anime_dcgan.training.calibration import calibrate, step_runner
+from anime_dcgan.training.calibration import calibrate, cpu_model, step_runner
 from anime_dcgan.training.loop import load_dataset, seed_everything
 from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
 from anime_dcgan.util.io import atomic_write_json
@@ -110,7 +109,12 @@ def project_step(dataset: torch.Tensor, batch_size: int, runtime: Runtime) -> Ca
     optim = load_params(REPO_ROOT / "params.yaml").optim.model_copy(update={"batch_size": batch_size})
     seed_everything(0)
     step = step_runner(MODEL, optim, runtime, dataset)
-    return lambda: (step(), batch_size)[1]
+
+    def counted_step() -> int:
+        step()
+        return batch_size
+
+    return counted_step
 
 
 def timed_run(spec: dict) -> float:
@@ -167,12 +171,6 @@ def prepare_images(work: Path) -> tuple[Path, Path, str, int]:
     min_size = load_params(REPO_ROOT / "params.yaml").data.min_size
     kept = preprocess_images(raw, work / "processed", IMAGE_SIZE, min_size, progress=False)
     return raw, work / "processed/images.npy", source, kept.n_images
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def main() -> None:

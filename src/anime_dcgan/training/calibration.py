@@ -124,7 +124,8 @@ def cache_path() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anime-dcgan" / "calibration.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform reports."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
@@ -134,7 +135,7 @@ def _cpu_model() -> str:
 
 
 def cache_key(model: ModelConfig, batch_size: int, choices: list[StepChoice]) -> str:
-    machine = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "threads": torch.get_num_threads()}
     config = {"model": asdict(model), "batch_size": batch_size, "candidates": [c.label for c in choices]}
     return hashlib.sha256(json.dumps([machine, config], sort_keys=True).encode()).hexdigest()[:20]
@@ -158,7 +159,7 @@ def calibrate(model: ModelConfig, optim: OptimParams, runtime: Runtime, precisio
         images_per_second = _measure(model, optim, runtime, choices)
         best = max(choices, key=lambda c: images_per_second[c.label])
         entries[key] = {"choice": asdict(best), "images_per_second": images_per_second,
-                        "cpu": _cpu_model(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                        "cpu": cpu_model(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(cache, entries)
     return Calibration(best, "measured", images_per_second)
 
