@@ -1,21 +1,57 @@
 """DVC stage `train`: processed images + training params -> models/, progress/, metrics/train.json,
-metrics/losses.csv; one MLflow run. Resumes its own checkpoint after a kill."""
+metrics/losses.csv; one MLflow run. Resumes its own checkpoint after a kill.
+
+With `devices` above 1 it starts itself again in one process per device through torchrun
+(training/distributed.py); started by torchrun (`torchrun ... stages/train.py`, also across
+machines) it is one rank of the job."""
+
+from pathlib import Path
+
+import torch
 
 from anime_dcgan import paths
-from anime_dcgan.params import load_params
+from anime_dcgan.device import pick_device
+from anime_dcgan.params import Params, load_params
 from anime_dcgan.tracking import Tracker
+from anime_dcgan.training.distributed import (
+    SINGLE,
+    Ranks,
+    launch,
+    local_batch_size,
+    process_group,
+    ranks_from_torchrun,
+    world_size_for,
+)
 from anime_dcgan.training.loop import TrainOutputs, train
 from anime_dcgan.util.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
-    tracker = Tracker()
-    outputs = TrainOutputs(models_dir=paths.MODELS_DIR, progress_dir=paths.PROGRESS_DIR,
-                           losses_csv=paths.LOSSES_CSV, summary_json=paths.TRAIN_JSON)
-    summary = train(params, paths.PROCESSED_IMAGES, outputs, tracker, tracker.root / paths.CHECKPOINT_ROOT)
-    print(f"train: {summary['steps']} steps at {summary['images_per_second']} images/s; "
-          f"MLflow run {summary['mlflow_run_id']}")
+    ranks = ranks_from_torchrun()
+    if ranks is not None:
+        return train_rank(params, ranks)
+    device = pick_device(params.device)
+    world_size = world_size_for(params.devices, device.type, torch.cuda.device_count() if device.type == "cuda" else 0)
+    local_batch_size(params.batch_size, world_size)  # refused here, before any process starts
+    if world_size > 1:
+        return launch(world_size, Path(__file__))
+    train_rank(params, SINGLE)
+
+
+def train_rank(params: Params, ranks: Ranks) -> None:
+    device = pick_device(params.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)  # one GPU per process of this machine
+    with process_group(ranks, device):
+        tracker = Tracker() if ranks.is_main else None
+        outputs = TrainOutputs(models_dir=paths.MODELS_DIR, progress_dir=paths.PROGRESS_DIR,
+                               losses_csv=paths.LOSSES_CSV, summary_json=paths.TRAIN_JSON)
+        summary = train(params, paths.PROCESSED_IMAGES, outputs, tracker, paths.repo_root() / paths.CHECKPOINT_ROOT,
+                        ranks=ranks)
+    if ranks.is_main:
+        print(f"train: {summary['steps']} steps at {summary['images_per_second']} images/s; "
+              f"MLflow run {summary['mlflow_run_id']}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def test_the_project_params_file_is_the_documented_defaults_with_a_reason_for_ea
     ("compile: false", "compile", False),
     ("compile: auto", "compile", "auto"),
     ("lr_g_scale: 1", "lr_g_scale", 1.0),
+    ("devices: 2", "devices", 2),
+    ("devices: auto", "devices", "auto"),
 ])
 def test_accepts_the_forms_users_write(written, key, expected):
     params = parse_params(yaml.safe_load(written))
@@ -49,6 +51,8 @@ def test_accepts_the_forms_users_write(written, key, expected):
     ({"n_samples": 10, "fid_samples": 100}, "fid_samples: must not exceed n_samples (10)"),
     ({"fid_samples": 3}, "fid_samples: must be at least 4: precision and recall (k = 3 nearest neighbours)"),
     ({"data": 5}, "data: Input should be a valid dictionary"),
+    ({"devices": 0}, "devices: must be auto or a whole number of devices from 1 to 1024 (got 0)"),
+    ({"devices": True}, "devices: must be auto or a whole number of devices from 1 to 1024 (got True)"),
 ])
 def test_a_mistake_names_the_key_the_value_and_what_is_allowed(raw, message):
     with pytest.raises(ParamsError) as caught:

@@ -127,10 +127,20 @@ class LoopParams(_Strict):
     checkpoint_every: Int = Field(250, ge=1)
 
 
+def _devices(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ValueError("must be auto or a whole number of devices from 1 to 1024")
+    return value
+
+
 class RuntimeParams(_Strict):
     """Where and how the networks run (device.py)."""
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # processes of one training (training/distributed.py): 1, N, or auto = every visible GPU
+    devices: Annotated[int | str, BeforeValidator(_devices)] = 1
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto"] | bool = "auto"
 

@@ -9,6 +9,10 @@ store stops answering mid-training (a server gone, an sqlite store locked), trai
 metrics, tags and progress grids wait and are sent, each once, when it answers again (probed at
 every grid). At the end the stage waits up to ANIME_DCGAN_TRACKING_WAIT_S seconds for the store,
 then stops with one line, its final checkpoint kept: the rerun resumes there and only exports.
+
+With several processes (training/distributed.py) every rank runs the steps; rank 0 alone does the
+rest, and the ranks meet only where they must: in DDP's gradient averaging, the interval's metrics,
+the checkpoints (every rank's random state) and the final check that their weights agree.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +34,21 @@ from tqdm import tqdm
 
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.errors import PipelineError
-from anime_dcgan.params import Params
+from anime_dcgan.params import OptimParams, Params
 from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
 from anime_dcgan.training.calibration import Calibration, calibrate, record_choice, recorded_choice
 from anime_dcgan.training.cpu_ops import use_cpu_kernels
+from anime_dcgan.training.distributed import (
+    SINGLE,
+    Ranks,
+    from_main,
+    gathered,
+    local_batch_size,
+    rank_seed,
+    sum_across_ranks,
+    weights_digest,
+)
 from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
 from anime_dcgan.training.sample import to_uint8
 from anime_dcgan.training.step import (
@@ -96,12 +111,14 @@ def fixed_noise(nz: int, seed: int, device: torch.device) -> torch.Tensor:
 
 
 class _Interval:
-    """Step metrics summed on the device over one logging interval."""
+    """Step metrics summed on the device over one logging interval (of this rank: `read` and
+    `any_bad` combine the ranks')."""
 
-    def __init__(self, length: int, device: torch.device):
+    def __init__(self, length: int, device: torch.device, ranks: Ranks):
         self.total = torch.zeros(len(STEP_METRICS), device=device)
         self.finite = torch.ones(length, dtype=torch.bool, device=device)  # per step of the interval
         self.count = 0
+        self.ranks = ranks
 
     def add(self, metrics: torch.Tensor) -> None:
         self.total += metrics
@@ -109,69 +126,100 @@ class _Interval:
         self.count += 1
 
     def read(self, last_step: int) -> dict[str, float]:
-        """Host read (the only sync); raises DivergenceError naming the first bad step."""
-        finite = self.finite[:self.count].cpu()
-        if not bool(finite.all()):
-            first_bad = last_step - self.count + 1 + int((~finite).nonzero()[0])
+        """Host read (the only sync); raises DivergenceError naming the first bad step (of any rank)."""
+        bad_ranks = sum_across_ranks((~self.finite[:self.count]).int(), self.ranks).cpu()   # (count,)
+        if bool(bad_ranks.any()):
+            first_bad = last_step - self.count + 1 + int(bad_ranks.nonzero()[0])
             raise DivergenceError(f"step {first_bad}")
-        mean = (self.total / self.count).tolist()
+        sum_across_ranks(self.total, self.ranks)
+        mean = (self.total / (self.count * self.ranks.world_size)).tolist()
         self.total.zero_()
         self.finite.fill_(True)
         self.count = 0
         return dict(zip(STEP_METRICS, mean))
 
+    def any_bad(self) -> bool:
+        """Whether a step since the last read gave a NaN/inf, on any rank."""
+        bad = (~self.finite[:self.count]).any().int().reshape(1)
+        return bool(sum_across_ranks(bad, self.ranks))
 
-def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tracker,
-          checkpoint_root: Path, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the run that `params` and the data at `images_path` describe."""
+
+def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tracker | None,
+          checkpoint_root: Path, progress: bool = True, ranks: Ranks = SINGLE) -> dict[str, Any]:
+    """Train (or resume) the run that `params` and the data at `images_path` describe. With several
+    ranks each process calls this; rank 0 alone has a tracker and returns the summary."""
     runtime = pick_runtime(params.device, params.precision, params.compile)
+    if runtime.device.type == "cuda" and ranks.distributed:
+        runtime = dataclasses.replace(runtime, device=torch.device("cuda", ranks.local_rank))
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
+    optim = params.optim.model_copy(update={"batch_size": local_batch_size(params.batch_size, ranks.world_size)})
     dataset = load_dataset(images_path, runtime.device)                    # (N, 3, S, S) uint8
-    identity = ckpt.run_identity({**params.training_identity(), "image_size": dataset.shape[-1]},
-                                 file_sha256(images_path))
+    identity = ckpt.run_identity({**params.training_identity(), "image_size": dataset.shape[-1],
+                                  "world_size": ranks.world_size}, file_sha256(images_path))
     folder = checkpoint_root / identity
-    folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / "lock"))
+    if ranks.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise PipelineError(f"another training run with the same parameters and data is running "
+                               f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise PipelineError(f"another training run with the same parameters and data is running "
-                           f"(it holds {folder / 'lock'}); wait for it to finish") from None
-    try:
-        calibration = step_choice(params, runtime, dataset.shape[-1], folder)
-        print(f"train: step variant {calibration.describe()}")
-        record = Dataset.of(images_path, params.data.source)
+        # timed by rank 0 alone (the others wait): every rank runs the same step variant
+        calibration = from_main(step_choice(params, optim, runtime, dataset.shape[-1], folder)
+                                if ranks.is_main else None, ranks)
+        if ranks.is_main:
+            print(f"train: step variant {calibration.describe()}")
+        record = Dataset.of(images_path, params.data.source) if ranks.is_main else None
         return _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
-                         progress).run(tracker, outputs)
+                         progress, ranks).run(tracker, outputs)
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
             f"the training state is kept at step {step} in {folder}: rerun when the store answers and "
             "training resumes there" if step is not None else "no training step was lost")) from None
     finally:
-        lock.release()
+        if lock.is_locked:
+            lock.release()
 
 
-def step_choice(params: Params, runtime: Runtime, image_size: int, folder: Path) -> Calibration:
+def step_choice(params: Params, optim: OptimParams, runtime: Runtime, image_size: int, folder: Path) -> Calibration:
     """The run's precision and CPU kernels: those it recorded when it started (a resumed run keeps
-    them), else the calibration's for this machine, recorded in `folder`."""
+    them), else the calibration's for this machine (at each rank's batch size), recorded in `folder`."""
     recorded = recorded_choice(folder)
     if recorded is not None:
         return Calibration(recorded, "recorded")
-    calibration = calibrate(ModelConfig.from_params(params.model, image_size), params.optim, runtime, params.precision)
+    calibration = calibrate(ModelConfig.from_params(params.model, image_size), optim, runtime, params.precision)
     record_choice(folder, calibration.choice)
     return calibration
 
 
-def networks_for_steps(gan: Gan, runtime: Runtime) -> Gan:
-    """The view of `gan` that train_step runs: compiled networks when runtime.compile (the originals,
-    which share their weights, are the ones saved and sampled)."""
-    if not runtime.compile:
-        return gan
-    mode = runtime.compile_mode
-    return dataclasses.replace(gan, generator=torch.compile(gan.generator, mode=mode),
-                               discriminator=torch.compile(gan.discriminator, mode=mode))
+def networks_for_steps(gan: Gan, runtime: Runtime, ranks: Ranks = SINGLE) -> Gan:
+    """The view of `gan` that train_step runs: with several ranks, each network inside DDP (which
+    averages its gradients), the generator update's pass through D outside it (D's own gradients are
+    not wanted there); compiled when runtime.compile. The originals, which share their weights, are
+    the ones saved and sampled."""
+    def compiled(net: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(net, mode=runtime.compile_mode) if runtime.compile else net
+
+    if not ranks.distributed:
+        discriminator = compiled(gan.discriminator)
+        return dataclasses.replace(gan, generator=compiled(gan.generator), discriminator=discriminator,
+                                   discriminator_in_g_update=discriminator)
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [runtime.device] if runtime.device.type == "cuda" else None
+    with warnings.catch_warnings():
+        # its replacement, forward_sync_buffers=False, still syncs the buffers at construction; the
+        # BatchNorm statistics here must never be synced
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        generator, discriminator = [compiled(DistributedDataParallel(net, device_ids=device_ids,
+                                                                     broadcast_buffers=False))
+                                    for net in (gan.generator, gan.discriminator)]
+    return dataclasses.replace(gan, generator=generator, discriminator=discriminator,
+                               discriminator_in_g_update=compiled(gan.discriminator))
 
 
 def begin_step(runtime: Runtime) -> None:
@@ -189,19 +237,22 @@ class _Training:
     loss history."""
 
     def __init__(self, params: Params, runtime: Runtime, calibration: Calibration, dataset: torch.Tensor,
-                 dataset_record: Dataset, folder: Path, progress: bool):
-        self.params, self.runtime, self.dataset, self.folder, self.progress = params, runtime, dataset, folder, progress
-        self.calibration = calibration
+                 dataset_record: Dataset | None, folder: Path, progress: bool, ranks: Ranks):
+        self.params, self.runtime, self.dataset, self.folder = params, runtime, dataset, folder
+        self.calibration, self.ranks, self.progress = calibration, ranks, progress and ranks.is_main
         self.dataset_record = dataset_record
         self.optim, self.loop = params.optim, params.loop
+        self.rank_batch_size = local_batch_size(self.optim.batch_size, ranks.world_size)
         self.model_config = ModelConfig.from_params(params.model, dataset.shape[-1])
-        seed_everything(params.seed)
+        seed_everything(params.seed)  # the same initial weights on every rank
         self.gan = build_gan(self.model_config, self.optim, runtime.device)
+        if ranks.distributed:  # then each rank its own batches and noise
+            seed_everything(rank_seed(params.seed, ranks.rank))
         # summaries of the plain networks, before the CPU kernels are swapped in
         self.summaries = "\n\n".join(model_summary(m) for m in (self.gan.generator, self.gan.discriminator))
         if runtime.cpu_kernels:
             use_cpu_kernels(self.gan.generator, self.gan.discriminator)
-        self.interval = _Interval(self.loop.log_every, runtime.device)
+        self.interval = _Interval(self.loop.log_every, runtime.device, ranks)
         self.history: list[dict[str, float]] = []
         self.pending: list[tuple[int, dict[str, float]]] = []   # metrics not yet sent to MLflow
         self.pending_tags: dict[str, str] = {}                    # and tags
@@ -212,7 +263,14 @@ class _Training:
         self.mlflow_run: Run | None = None
         self.tracker: Tracker | None = None
 
-    def run(self, tracker: Tracker, outputs: TrainOutputs) -> dict[str, Any]:
+    def run(self, tracker: Tracker | None, outputs: TrainOutputs) -> dict[str, Any]:
+        if not self.ranks.is_main:  # the other ranks: rank 0's saved state, the steps, the agreement check
+            state = from_main(None, self.ranks)
+            if state is not None:
+                self._load_state(state)
+            self._steps()
+            self._check_ranks_agree()
+            return {}
         tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": self.folder.name}
         damaged: list[str] = []
         state = ckpt.load_checkpoint(self.folder, on_damaged=damaged.append)
@@ -222,6 +280,7 @@ class _Training:
             print("train: " + (f"resuming from the previous checkpoint (step {state['step']}) instead"
                                if state is not None else "no good checkpoint is left: training starts afresh"))
             tags["anime_dcgan.damaged_checkpoints"] = "; ".join(damaged)[:5000]
+        from_main(state, self.ranks)
         if state is not None:
             self._load_state(state)
             tracker.mark_killed_if_running(state["mlflow_run_id"])
@@ -231,7 +290,9 @@ class _Training:
         print(f"train: generator {counts[0]:,} parameters, discriminator {counts[1]:,} (layer tables in "
               "models/summary.txt and the MLflow run's model_summary.txt)")
         size, steps = self.model_config.image_size, self.loop.steps
-        print(f"train: {len(self.dataset):,} images of {size}x{size} on {self.runtime.device.type}, "
+        where = (f"{self.ranks.world_size} {self.runtime.device.type} processes" if self.ranks.distributed
+                 else self.runtime.device.type)
+        print(f"train: {len(self.dataset):,} images of {size}x{size} on {where}, "
               f"{self.runtime.precision}{', compiled' if self.runtime.compile else ''}; "
               + (f"resuming at step {self.start_step} of {steps}" if self.start_step else f"{steps} steps"))
 
@@ -241,7 +302,8 @@ class _Training:
             run.log_params({"lr_generator": self.optim.lr_g, "lr_discriminator": self.optim.lr_d,
                             "runtime.device": self.runtime.device.type, "runtime.precision": self.runtime.precision,
                             "runtime.compile": self.runtime.compile, "runtime.cpu_kernels": self.runtime.cpu_kernels,
-                            "runtime.step_choice": self.calibration.source, "data.n_images": len(self.dataset),
+                            "runtime.step_choice": self.calibration.source, "runtime.world_size": self.ranks.world_size,
+                            "data.n_images": len(self.dataset),
                             **{f"calibration.{label}_images_per_s": rate
                                for label, rate in self.calibration.images_per_second.items()}})
             run.log_text(self.summaries, "model_summary.txt")
@@ -250,7 +312,8 @@ class _Training:
                 run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
             with tracker.system_metrics(run.run_id):
                 seconds = self._steps()
-                return self._export(outputs, seconds)
+                digests = self._check_ranks_agree()
+                return self._export(outputs, seconds, digests)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         gan = self.gan
@@ -259,9 +322,10 @@ class _Training:
         gan.ema.load_state_dict(state["ema"])
         gan.opt_g.load_state_dict(state["opt_g"])
         gan.opt_d.load_state_dict(state["opt_d"])
-        ckpt.restore_rng_state(state["rng"])
+        own = state["ranks"][self.ranks.rank] if self.ranks.distributed else state
+        ckpt.restore_rng_state(own["rng"])
+        self.interval.total.copy_(own["interval_total"])
         self.start_step, self.history = state["step"], state["history"]
-        self.interval.total.copy_(state["interval_total"])
         self.interval.count = state["interval_count"]
 
     def _steps(self) -> float:
@@ -270,14 +334,15 @@ class _Training:
         z_fixed = fixed_noise(self.model_config.nz, self.params.seed, runtime.device)
         with torch.no_grad():
             real_diversity = float(normalise(self.dataset[:GRID_SIZE]).std(dim=0).mean())
-        step_gan = networks_for_steps(self.gan, runtime)
+        step_gan = networks_for_steps(self.gan, runtime, self.ranks)
         bar = tqdm(total=loop.steps, initial=self.start_step, desc="train", unit="step", disable=not self.progress)
-        if self.start_step == 0:  # the untrained generator: the UI's image slider opens on a picture
+        main = self.ranks.is_main
+        if self.start_step == 0 and main:  # the untrained generator: the UI's image slider opens on a picture
             self._progress_grid(0, z_fixed, real_diversity)
         started = time.perf_counter()
         for step in range(self.start_step + 1, loop.steps + 1):
             begin_step(runtime)
-            indices, z, targets = draw_step_inputs(len(self.dataset), optim.batch_size, self.model_config.nz,
+            indices, z, targets = draw_step_inputs(len(self.dataset), self.rank_batch_size, self.model_config.nz,
                                                    optim.label_noise, runtime.device)
             metrics = train_step(step_gan, self.dataset, indices, z, targets, runtime.autocast(),
                                  ema_decay_at(step, optim.ema_decay))
@@ -290,12 +355,12 @@ class _Training:
                 self.pending.append((step, _metrics_only(row)))
                 bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
             grid_due = step % loop.sample_every == 0 or last
-            if grid_due:
+            if grid_due and main:
                 self._progress_grid(step, z_fixed, real_diversity)
             if step % loop.checkpoint_every == 0 or last:
                 self._check_finite(step)
                 self._save_checkpoint(step)
-            if grid_due and not last:  # MLflow only after the checkpoint; the last step's goes with the export
+            if grid_due and not last and main:  # MLflow only after the checkpoint; the last step's goes with the export
                 self._send_to_mlflow()
         bar.close()
         return time.perf_counter() - started
@@ -350,10 +415,16 @@ class _Training:
             ) from None
 
     def _check_finite(self, step: int) -> None:
-        if self.interval.count:  # steps since the last log: check them before saving their weights
-            finite = self.interval.finite[:self.interval.count]
-            if not bool(finite.all()):
-                self._read_interval(step)
+        if self.interval.count and self.interval.any_bad():  # steps since the last log: checked before saving
+            self._read_interval(step)
+
+    def _check_ranks_agree(self) -> list[str]:
+        """Every rank's weights digest (rank order); stops when they differ: DDP failed to keep them in step."""
+        digests = gathered(weights_digest(self.gan.generator) + weights_digest(self.gan.discriminator), self.ranks)
+        if len(set(digests)) > 1:
+            raise PipelineError(f"the {self.ranks.world_size} ranks ended with different weights "
+                                f"({', '.join(d[:12] for d in digests)}): DDP did not keep them in step")
+        return digests
 
     @torch.no_grad()
     def _progress_grid(self, step: int, z_fixed: torch.Tensor, real_diversity: float) -> None:
@@ -377,6 +448,10 @@ class _Training:
             self.pending_tags["collapse_warning"] = self.collapse_warning
 
     def _save_checkpoint(self, step: int) -> None:
+        # every rank's random stream and metrics so far: the resumed ranks continue each their own
+        ranks = gathered({"rng": ckpt.capture_rng_state(), "interval_total": self.interval.total.cpu()}, self.ranks)
+        if not self.ranks.is_main:
+            return
         gan = self.gan
         ckpt.save_checkpoint(self.folder, {
             "step": step,
@@ -384,9 +459,10 @@ class _Training:
             "ema": gan.ema.state_dict(), "opt_g": gan.opt_g.state_dict(), "opt_d": gan.opt_d.state_dict(),
             "history": self.history, "interval_total": self.interval.total.cpu(),
             "interval_count": self.interval.count, "mlflow_run_id": self.mlflow_run.run_id,
+            **({"ranks": ranks} if self.ranks.distributed else {}),
         })
 
-    def _export(self, outputs: TrainOutputs, seconds: float) -> dict[str, Any]:
+    def _export(self, outputs: TrainOutputs, seconds: float, rank_digests: list[str]) -> dict[str, Any]:
         """Write the DVC outputs of the stage and log them to MLflow."""
         self._send_to_mlflow(final=True)  # before any output: a stage that cannot log leaves none
         gan, run, steps, batch_size = self.gan, self.mlflow_run, self.loop.steps, self.optim.batch_size
@@ -412,6 +488,8 @@ class _Training:
             "device": self.runtime.device.type,
             "precision": self.runtime.precision,
             "compiled": self.runtime.compile,
+            "world_size": self.ranks.world_size,
+            "weights_sha256_by_rank": rank_digests,
             "cpu_kernels": self.runtime.cpu_kernels,
             "step_choice": self.calibration.source,
             "calibration_images_per_second": self.calibration.images_per_second,

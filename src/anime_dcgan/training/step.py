@@ -33,6 +33,8 @@ class Gan:
     ema: Generator                        # exponential moving average of the generator's weights
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
+    # D as the generator update runs it (loop.networks_for_steps: outside DDP); None = discriminator
+    discriminator_in_g_update: nn.Module | None = None
 
 
 def build_gan(model: ModelConfig, config: OptimParams, device: torch.device) -> Gan:
@@ -99,8 +101,9 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
 
     # 3. G: minimise BCE(D(G(z)), 1 - u)  ==  maximise log D(G(z)) (the non-saturating loss)
     D.requires_grad_(False)  # gradients flow through D to G; D's own weight gradients are not needed
+    D_in_g_update = D if gan.discriminator_in_g_update is None else gan.discriminator_in_g_update
     with autocast:
-        logits_g = D(fake).float()                                          # (B, 1)
+        logits_g = D_in_g_update(fake).float()                              # (B, 1)
     loss_g = F.binary_cross_entropy_with_logits(logits_g, real_targets)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
