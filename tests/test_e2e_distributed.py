@@ -52,14 +52,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> ProjectRepo:
     repo = make_project_repo(tmp_path_factory.mktemp("ddp") / "repo", **TWO_PROCESSES)
     result = repo.dvc("repro", "train")
     assert "starting 2 processes with torchrun" in result.stdout
+    assert "the 2 ranks' weights agree" in result.stdout
     return repo
 
 
 def test_two_processes_keep_the_same_weights_and_log_one_run(trained: ProjectRepo):
     summary = trained.json("metrics/train.json")
     assert summary["world_size"] == 2
-    digests = summary["weights_sha256_by_rank"]
-    assert len(digests) == 2 and digests[0] == digests[1]
+    assert len(summary["weights_sha256"]) == 128
     runs = training_runs(trained)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["runtime.world_size"] == "2"
@@ -97,8 +97,10 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes_bit_identical(trained
 
     rerun = repo.dvc("repro", "train")
     assert "resuming at step" in rerun.stdout
+    # the killed job's run is ended: KILLED (rank 0 stopped by torchrun) or FAILED (rank 0 saw its
+    # peer's connection drop first), never left RUNNING
     statuses = sorted(run.info.status for run in training_runs(repo))
-    assert statuses == ["FINISHED", "KILLED"]
+    assert len(statuses) == 2 and statuses.pop(statuses.index("FINISHED")) and statuses[0] in {"FAILED", "KILLED"}
     assert generator_digest(repo) == generator_digest(trained)
 
 
