@@ -1,6 +1,8 @@
 """One training on two CPU processes (torchrun + DDP over gloo), run by a real `dvc repro` in a tiny
 project repository: the ranks stay in step, rank 0 alone logs one MLflow run, the result is
-bit-identical between runs, and one rank killed stops the whole job, whose rerun resumes."""
+bit-identical between runs and with two "nodes" (two torchrun agents meeting through a c10d
+rendezvous, as README's multi-node lines), and one rank killed stops the whole job, whose rerun
+resumes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from project_repo import ProjectRepo, make_project_repo
-from servers import log_tail, start_in_session, stop_group, stopped_on_failure, wait_until
+from servers import free_port, log_tail, start_in_session, stop_group, stopped_on_failure, wait_until
 
 from anime_dcgan.paths import CHECKPOINT_ROOT
 from anime_dcgan.training.checkpoint import CHECKPOINT_GLOB
@@ -109,3 +111,26 @@ def test_batch_that_does_not_split_is_refused_in_one_line(tmp_path: Path):
     result = repo.dvc("repro", "train", check=False)
     assert result.returncode != 0
     assert "batch_size: 8 does not split evenly across 3 devices" in result.stderr + result.stdout
+
+
+def test_two_nodes_meeting_through_c10d_train_as_one_node_with_two_processes(trained: ProjectRepo, tmp_path: Path):
+    # one clone per "node", each with its own copy of the data, as after `dvc pull` on each machine
+    nodes = [make_project_repo(tmp_path / f"node-{index}", **TWO_PROCESSES) for index in range(2)]
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = []
+    for index, node in enumerate(nodes):
+        node.dvc("repro", "preprocess")
+        command = ["torchrun", "--nnodes=2", f"--node-rank={index}", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                   f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-nodes", "--max-restarts=0", "stages/train.py"]
+        # one thread per rank (repo_env), as torchrun gives the two processes of one node: the same arithmetic
+        agents.append((start_in_session(command, node.root, node.env, tmp_path / f"node-{index}.log"), node))
+    for agent, node in agents:
+        with stopped_on_failure(agent):
+            agent.wait(timeout=600)
+        assert agent.returncode == 0, log_tail(tmp_path / f"{node.root.name}.log")
+
+    # c10d hands out the ranks (--node-rank is for the static rendezvous): rank 0's node has the outputs
+    [main_node] = [node for node in nodes if (node.root / "models/generator_ema.pt").exists()]
+    assert main_node.json("metrics/train.json")["world_size"] == 2
+    assert generator_digest(main_node) == generator_digest(trained)
+    assert len(training_runs(main_node)) == 1

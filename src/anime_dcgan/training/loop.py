@@ -23,6 +23,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.errors import PipelineError
+from anime_dcgan.leases import CpuShare, leased_gpus
 from anime_dcgan.params import OptimParams, Params
 from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
@@ -145,10 +147,13 @@ class _Interval:
 
 
 def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tracker | None,
-          checkpoint_root: Path, progress: bool = True, ranks: Ranks = SINGLE) -> dict[str, Any]:
+          checkpoint_root: Path, progress: bool = True, ranks: Ranks = SINGLE,
+          cpu_share: CpuShare | None = None) -> dict[str, Any]:
     """Train (or resume) the run that `params` and the data at `images_path` describe. With several
-    ranks each process calls this; rank 0 alone has a tracker and returns the summary."""
+    ranks each process calls this; rank 0 alone has a tracker and returns the summary. With a
+    `cpu_share`, training runs on the share of the cores it gives, re-checked at every log step."""
     runtime = pick_runtime(params.device, params.precision, params.compile)
+    threads = _take_cpu_share(cpu_share, None)  # before the calibration, which times at this thread count
     if runtime.device.type == "cuda" and ranks.distributed:
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", ranks.local_rank))
     if runtime.device.type == "cpu":
@@ -173,8 +178,10 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
         if ranks.is_main:
             print(f"train: step variant {calibration.describe()}")
         record = Dataset.of(images_path, params.data.source) if ranks.is_main else None
-        return _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
-                         progress, ranks).run(tracker, outputs)
+        training = _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
+                             progress, ranks)
+        training.cpu_share, training.cpu_threads = cpu_share, threads
+        return training.run(tracker, outputs)
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
@@ -183,6 +190,17 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     finally:
         if lock.is_locked:
             lock.release()
+
+
+def _take_cpu_share(share: CpuShare | None, threads_before: int | None,
+                    say: Callable[[str], None] = print) -> int:
+    """Apply the share (when there is one) and say when it changed; returns torch's thread count."""
+    if share is None:
+        return torch.get_num_threads()
+    threads = share.apply()
+    if threads != threads_before:
+        say(f"train: {share.describe()}")
+    return threads
 
 
 def step_choice(params: Params, optim: OptimParams, runtime: Runtime, image_size: int, folder: Path) -> Calibration:
@@ -259,6 +277,8 @@ class _Training:
         self.pending_grids: list[int] = []                        # and the steps of progress grids
         self.outage: TrackingUnavailable | None = None           # the failure while the store is unavailable
         self.collapse_warning = ""
+        self.cpu_share: CpuShare | None = None
+        self.cpu_threads = torch.get_num_threads()
         self.start_step = 0
         self.mlflow_run: Run | None = None
         self.tracker: Tracker | None = None
@@ -272,6 +292,8 @@ class _Training:
             self._check_ranks_agree()
             return {}
         tags = {**provenance_tags(tracker.root), "anime_dcgan.run_identity": self.folder.name}
+        if leased_gpus():
+            tags["anime_dcgan.gpus_leased"] = leased_gpus()
         damaged: list[str] = []
         state = ckpt.load_checkpoint(self.folder, on_damaged=damaged.append)
         for message in damaged:
@@ -353,6 +375,7 @@ class _Training:
                 row = {"step": step, **self._read_interval(step)}
                 self.history.append(row)
                 self.pending.append((step, _metrics_only(row)))
+                self._share_cores(step)
                 bar.set_postfix(d=f"{row['loss_d_real'] + row['loss_d_fake']:.3f}", g=f"{row['loss_g']:.3f}")
             grid_due = step % loop.sample_every == 0 or last
             if grid_due and main:
@@ -364,6 +387,13 @@ class _Training:
                 self._send_to_mlflow()
         bar.close()
         return time.perf_counter() - started
+
+    def _share_cores(self, step: int) -> None:
+        """Follow the CPU share as other trainings start and end; the thread count is an MLflow metric by step."""
+        threads = _take_cpu_share(self.cpu_share, self.cpu_threads, tqdm.write)  # a line of its own beside the bar
+        if threads != self.cpu_threads and self.ranks.is_main:
+            self.pending.append((step, {"cpu_threads": threads}))
+        self.cpu_threads = threads
 
     def _send_to_mlflow(self, final: bool = False) -> None:
         """Send the pending grids, metrics and tags; while the store is unavailable they wait. With
@@ -491,6 +521,8 @@ class _Training:
             "precision": self.runtime.precision,
             "compiled": self.runtime.compile,
             "world_size": self.ranks.world_size,
+            "gpus_leased": leased_gpus(),
+            "cpu_threads": self.cpu_threads,  # at the end (the MLflow metric cpu_threads has every change)
             "weights_sha256": rank_digests[0],  # the same on every rank (checked)
             "cpu_kernels": self.runtime.cpu_kernels,
             "step_choice": self.calibration.source,
