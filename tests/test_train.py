@@ -1,5 +1,6 @@
 """The train stage on tiny configurations: learning, MLflow records, divergence, exact resume."""
 
+import itertools
 import json
 import os
 import signal
@@ -203,6 +204,40 @@ def test_bf16_and_compiled_steps_stay_finite_and_learn(tmp_path):
     assert summary["peak_rss_mb"] > 200  # torch alone maps more than that
     losses = pd.read_csv(root / "metrics/losses.csv")
     assert np.isfinite(losses.drop(columns="step").to_numpy()).all()
+
+
+def test_a_compiled_step_that_fails_goes_on_eagerly_and_ends_as_an_eager_run(tmp_path, monkeypatch, capsys):
+    eager = make_workspace(tmp_path / "eager")
+    run_library(eager)
+
+    calls = itertools.count(1)
+
+    class FailsOnItsFourthCall(torch.nn.Module):
+        """A stand-in for a compiled network whose compilation fails midway through the first step,
+        after the discriminator's update changed the weights: the warm-up must undo it."""
+
+        def __init__(self, network: torch.nn.Module):
+            super().__init__()
+            self.network = network
+
+        def forward(self, *inputs):
+            if next(calls) == 4:
+                raise RuntimeError("simulated compiler failure\nits long traceback")
+            return self.network(*inputs)
+
+    monkeypatch.setattr(torch, "compile", lambda network, mode=None: FailsOnItsFourthCall(network))
+    failing = make_workspace(tmp_path / "failing")
+    summary = run_library(failing, compile=True)
+
+    assert ("train: WARNING: the compiled step failed (RuntimeError: simulated compiler failure); training goes "
+            "on eagerly") in capsys.readouterr().out
+    assert summary["compiled"] is False
+    run = client(failing).get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["anime_dcgan.compile_failed"] == "RuntimeError: simulated compiler failure"
+    assert run.data.params["runtime.compile"] == "False"
+    assert_same_models(failing, eager)
+    assert (failing / "metrics/losses.csv").read_bytes() == (eager / "metrics/losses.csv").read_bytes()
 
 
 def _state(step: int) -> dict:

@@ -17,6 +17,7 @@ the checkpoints (every rank's random state) and the final check that their weigh
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import random
@@ -66,6 +67,7 @@ from anime_dcgan.training.step import (
 from anime_dcgan.util.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
 from anime_dcgan.util.visuals import image_grid, load_png, save_png
 
+COMPILE_WARM_UP_STEPS = 3      # compilation, CUDA graph recording and its first replay: the first calls
 GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)
 COLLAPSE_DIVERSITY = 0.2       # fixed-noise diversity below this share of the real data's = collapse
 STANDING_STATS_BATCHES = 32    # batches of noise that set the exported generators' BatchNorm statistics
@@ -288,6 +290,7 @@ class _Training:
             state = from_main(None, self.ranks)
             if state is not None:
                 self._load_state(state)
+            self._prepare_step()
             self._steps()
             self._check_ranks_agree()
             return {}
@@ -308,6 +311,9 @@ class _Training:
             tracker.mark_killed_if_running(state["mlflow_run_id"])
             tags |= {"anime_dcgan.resumed_from_step": str(self.start_step),
                      "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
+        compile_failure = self._prepare_step()
+        if compile_failure:
+            tags["anime_dcgan.compile_failed"] = compile_failure[:5000]
         counts = [sum(p.numel() for p in m.parameters()) for m in (self.gan.generator, self.gan.discriminator)]
         print(f"train: generator {counts[0]:,} parameters, discriminator {counts[1]:,} (layer tables in "
               "models/summary.txt and the MLflow run's model_summary.txt)")
@@ -350,25 +356,57 @@ class _Training:
         self.start_step, self.history = state["step"], state["history"]
         self.interval.count = state["interval_count"]
 
+    def _prepare_step(self) -> str:
+        """Set the networks' view for the steps (networks_for_steps). A compiled step of one process is
+        first warmed up: a few steps on the real state, then undone (weights, optimisers, EMA,
+        BatchNorm statistics and every RNG restored), so that a compiler or CUDA graph failure shows
+        here and training goes on eagerly instead, exactly as an eager run. Returns that failure, or ""."""
+        self.step_gan = networks_for_steps(self.gan, self.runtime, self.ranks)
+        if not self.runtime.compile or self.ranks.distributed:  # a failing rank of several stops the job
+            return ""
+        gan = self.gan
+        networks = {"generator": gan.generator, "discriminator": gan.discriminator, "ema": gan.ema,
+                    "opt_g": gan.opt_g, "opt_d": gan.opt_d}
+        saved = copy.deepcopy({name: part.state_dict() for name, part in networks.items()})
+        rng = ckpt.capture_rng_state()
+        failure = ""
+        try:
+            for _ in range(COMPILE_WARM_UP_STEPS):
+                self._one_step(self.step_gan, self.start_step + 1)
+        except Exception as exc:  # whatever the compiler or the graph capture raised: the eager step decides
+            failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        for name, part in networks.items():
+            part.load_state_dict(saved[name])
+        ckpt.restore_rng_state(rng)
+        if failure:
+            print(f"train: WARNING: the compiled step failed ({failure[:300]}); training goes on eagerly "
+                  "(MLflow tag anime_dcgan.compile_failed)")
+            self.runtime = dataclasses.replace(self.runtime, compile=False)
+            self.step_gan = networks_for_steps(self.gan, self.runtime, self.ranks)
+        return failure
+
+    def _one_step(self, step_gan: Gan, step: int) -> torch.Tensor:
+        """One train_step on freshly drawn batch indices and noise; returns its (6,) STEP_METRICS."""
+        begin_step(self.runtime)
+        indices, z, targets = draw_step_inputs(len(self.dataset), self.rank_batch_size, self.model_config.nz,
+                                               self.optim.label_noise, self.runtime.device)
+        return train_step(step_gan, self.dataset, indices, z, targets, self.runtime.autocast(),
+                          ema_decay_at(step, self.optim.ema_decay))
+
     def _steps(self) -> float:
         """Train from start_step to the last step; returns the seconds it took."""
-        loop, optim, runtime = self.loop, self.optim, self.runtime
+        loop, runtime = self.loop, self.runtime
         z_fixed = fixed_noise(self.model_config.nz, self.params.seed, runtime.device)
         with torch.no_grad():
             real_diversity = float(normalise(self.dataset[:GRID_SIZE]).std(dim=0).mean())
-        step_gan = networks_for_steps(self.gan, runtime, self.ranks)
+        step_gan = self.step_gan
         bar = tqdm(total=loop.steps, initial=self.start_step, desc="train", unit="step", disable=not self.progress)
         main = self.ranks.is_main
         if self.start_step == 0 and main:  # the untrained generator: the UI's image slider opens on a picture
             self._progress_grid(0, z_fixed, real_diversity)
         started = time.perf_counter()
         for step in range(self.start_step + 1, loop.steps + 1):
-            begin_step(runtime)
-            indices, z, targets = draw_step_inputs(len(self.dataset), self.rank_batch_size, self.model_config.nz,
-                                                   optim.label_noise, runtime.device)
-            metrics = train_step(step_gan, self.dataset, indices, z, targets, runtime.autocast(),
-                                 ema_decay_at(step, optim.ema_decay))
-            self.interval.add(metrics)
+            self.interval.add(self._one_step(step_gan, step))
             bar.update()
             last = step == loop.steps
             if step % loop.log_every == 0 or last:

@@ -101,14 +101,16 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
 
     # 3. G: minimise BCE(D(G(z)), 1 - u)  ==  maximise log D(G(z)) (the non-saturating loss)
     D.requires_grad_(False)  # gradients flow through D to G; D's own weight gradients are not needed
-    D_in_g_update = D if gan.discriminator_in_g_update is None else gan.discriminator_in_g_update
-    with autocast:
-        logits_g = D_in_g_update(fake).float()                              # (B, 1)
-    loss_g = F.binary_cross_entropy_with_logits(logits_g, real_targets)
-    gan.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    gan.opt_g.step()
-    D.requires_grad_(True)
+    try:
+        D_in_g_update = D if gan.discriminator_in_g_update is None else gan.discriminator_in_g_update
+        with autocast:
+            logits_g = D_in_g_update(fake).float()                          # (B, 1)
+        loss_g = F.binary_cross_entropy_with_logits(logits_g, real_targets)
+        gan.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        gan.opt_g.step()
+    finally:  # also when a compiled step fails here: the eager steps that follow train D again
+        D.requires_grad_(True)
 
     # 4. EMA of the generator
     update_ema(gan.ema, G, ema_decay)
