@@ -17,6 +17,7 @@ import yaml
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
+from anime_dcgan.errors import PipelineError
 from anime_dcgan.params import parse_params
 from anime_dcgan.tracking import Tracker
 from anime_dcgan.training import checkpoint as ckpt
@@ -238,6 +239,13 @@ def test_a_compiled_step_that_fails_goes_on_eagerly_and_ends_as_an_eager_run(tmp
     assert run.data.params["runtime.compile"] == "False"
     assert_same_models(failing, eager)
     assert (failing / "metrics/losses.csv").read_bytes() == (eager / "metrics/losses.csv").read_bytes()
+
+
+def test_sync_batchnorm_off_cuda_is_refused_in_one_line(tmp_path):
+    root = make_workspace(tmp_path)
+    with pytest.raises(PipelineError, match=r"^sync_batchnorm: true needs CUDA GPUs .*, not cpu; set it to false$"):
+        run_library(root, sync_batchnorm=True)
+    assert not (root / "models").exists()
 
 
 def _state(step: int) -> dict:

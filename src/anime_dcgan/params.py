@@ -141,6 +141,8 @@ class RuntimeParams(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # processes of one training (training/distributed.py): 1, N, or auto = every visible GPU
     devices: Annotated[int | str, BeforeValidator(_devices)] = 1
+    # with several CUDA processes: BatchNorm statistics over the global batch instead of each rank's share
+    sync_batchnorm: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto"] | bool = "auto"
 

@@ -155,6 +155,9 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     ranks each process calls this; rank 0 alone has a tracker and returns the summary. With a
     `cpu_share`, training runs on the share of the cores it gives, re-checked at every log step."""
     runtime = pick_runtime(params.device, params.precision, params.compile)
+    if params.sync_batchnorm and runtime.device.type != "cuda":
+        raise PipelineError(f"sync_batchnorm: true needs CUDA GPUs (SyncBatchNorm runs on them only), not "
+                            f"{runtime.device.type}; set it to false")
     threads = _take_cpu_share(cpu_share, None)  # before the calibration, which times at this thread count
     if runtime.device.type == "cuda" and ranks.distributed:
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", ranks.local_rank))
@@ -268,6 +271,9 @@ class _Training:
         self.gan = build_gan(self.model_config, self.optim, runtime.device)
         if ranks.distributed:  # then each rank its own batches and noise
             seed_everything(rank_seed(params.seed, ranks.rank))
+        if ranks.distributed and params.sync_batchnorm:  # in place: the optimisers keep the same parameters
+            for network in (self.gan.generator, self.gan.discriminator):
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
         # summaries of the plain networks, before the CPU kernels are swapped in
         self.summaries = "\n\n".join(model_summary(m) for m in (self.gan.generator, self.gan.discriminator))
         if runtime.cpu_kernels:
