@@ -53,6 +53,8 @@ def test_accepts_the_forms_users_write(written, key, expected):
     ({"data": 5}, "data: Input should be a valid dictionary"),
     ({"devices": 0}, "devices: must be auto or a whole number of devices from 1 to 1024 (got 0)"),
     ({"devices": True}, "devices: must be auto or a whole number of devices from 1 to 1024 (got True)"),
+    ({"augment": "ada"}, "augment: Input should be 'none' or 'diffaugment' (got 'ada')"),
+    ({"augment_p": 1.5}, "augment_p: Input should be less than or equal to 1 (got 1.5)"),
 ])
 def test_a_mistake_names_the_key_the_value_and_what_is_allowed(raw, message):
     with pytest.raises(ParamsError) as caught:

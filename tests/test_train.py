@@ -241,6 +241,27 @@ def test_a_compiled_step_that_fails_goes_on_eagerly_and_ends_as_an_eager_run(tmp
     assert (failing / "metrics/losses.csv").read_bytes() == (eager / "metrics/losses.csv").read_bytes()
 
 
+def test_an_augmented_run_shows_what_d_sees_and_resumes_bit_identical_after_a_kill(tmp_path):
+    settings = {"steps": 300, "checkpoint_every": 20, "log_every": 10, "sample_every": 100,
+                "augment": "diffaugment", "augment_p": 0.8, "mirror": True}
+    reference, root = uninterrupted_and_killed(tmp_path, settings, checkpoints=1)
+    resumed = start_stage(root)
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert "train: D sees augmented real images (augment diffaugment, augment_p 0.8, mirror True)" in out
+    summary = json.loads((root / "metrics/train.json").read_text())
+    assert summary["resumed_from_step"] > 0
+    assert_same_models(root, reference)
+    assert (root / "metrics/losses.csv").read_bytes() == (reference / "metrics/losses.csv").read_bytes()
+    run_id = summary["mlflow_run_id"]
+    assert "images/augmentations.png" in {a.path for a in client(root).list_artifacts(run_id, "images")}
+
+    # another training on the same data without augmentation: another run with other weights
+    plain = make_workspace(tmp_path / "plain", **{**settings, "augment": "none", "mirror": False})
+    assert start_stage(plain).wait() == 0
+    assert (plain / "models/generator_ema.pt").read_bytes() != (reference / "models/generator_ema.pt").read_bytes()
+
+
 def test_sync_batchnorm_off_cuda_is_refused_in_one_line(tmp_path):
     root = make_workspace(tmp_path)
     with pytest.raises(PipelineError, match=r"^sync_batchnorm: true needs CUDA GPUs .*, not cpu; set it to false$"):

@@ -106,8 +106,13 @@ class OptimParams(_Strict):
     beta2: Float = Field(0.999, ge=0, lt=1)
     label_noise: Float = Field(0.2, ge=0, lt=0.5)
     ema_decay: Float = Field(0.999, ge=0, lt=1)
+    # what D sees (training/augment.py): DiffAugment of real and fake images with probability augment_p
+    augment: Literal["none", "diffaugment"] = "none"
+    augment_p: Float = Field(1.0, ge=0, le=1)
+    mirror: bool = False  # horizontal flips of half the real images
 
-    _check_finite = field_validator("lr", "lr_g_scale", "beta1", "beta2", "label_noise", "ema_decay")(_finite)
+    _check_finite = field_validator("lr", "lr_g_scale", "beta1", "beta2", "label_noise", "ema_decay",
+                                    "augment_p")(_finite)
 
     @property
     def lr_d(self) -> float:

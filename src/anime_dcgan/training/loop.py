@@ -40,6 +40,7 @@ from anime_dcgan.leases import CpuShare, leased_gpus
 from anime_dcgan.params import OptimParams, Params
 from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
 from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training.augment import mirror
 from anime_dcgan.training.calibration import Calibration, calibrate, record_choice, recorded_choice
 from anime_dcgan.training.cpu_ops import use_cpu_kernels
 from anime_dcgan.training.distributed import (
@@ -341,6 +342,7 @@ class _Training:
                             **{f"calibration.{label}_images_per_s": rate
                                for label, rate in self.calibration.images_per_second.items()}})
             run.log_text(self.summaries, "model_summary.txt")
+            self._log_augmentation_picture(run)
             run.log_dataset(self.dataset_record, "training")
             if self.history:  # the resumed run carries the whole curve, not only the part after the restart
                 run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
@@ -348,6 +350,23 @@ class _Training:
                 seconds = self._steps()
                 digests = self._check_ranks_agree()
                 return self._export(outputs, seconds, digests)
+
+    def _log_augmentation_picture(self, run: Run) -> None:
+        """What D sees of the real data, when it is augmented: 32 real images (rows 1-4) and the same
+        as a step augments them (rows 5-8), drawn from a generator of their own so that the
+        training's random stream is the same with or without the picture."""
+        if self.gan.augment is None and not self.optim.mirror:
+            return
+        generator = torch.Generator(self.runtime.device).manual_seed(self.params.seed)
+        real = normalise(self.dataset[:GRID_SIZE // 2])                    # (32, 3, S, S)
+        seen = mirror(real, generator) if self.optim.mirror else real
+        if self.gan.augment is not None:
+            seen = self.gan.augment(seen, generator)
+        picture = self.folder / "augmentations.png"
+        save_png(image_grid(to_uint8(torch.cat((real, seen))).cpu()), picture)
+        run.log_artifact(picture, "images")
+        print(f"train: D sees augmented real images (augment {self.optim.augment}, augment_p "
+              f"{self.optim.augment_p}, mirror {self.optim.mirror}): images/augmentations.png in the MLflow run")
 
     def _load_state(self, state: dict[str, Any]) -> None:
         gan = self.gan

@@ -7,11 +7,14 @@ One training step (the article's recipe, Agarwal 2019 / Radford et al. 2016):
   3. G:                    maximise log D(G(z))       with the noisy real targets of step 1
      (reusing step 2's fake batch, as pytorch/examples does: one generator forward per step)
   4. EMA of G's weights.
+With `mirror`, half the real images are flipped; with `augment`, every image D sees in 1-3, real
+and fake, is augmented differentiably first (training/augment.py).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anime_dcgan.params import OptimParams
+from anime_dcgan.training.augment import augmentation, mirror
 from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
 
 # indices into the tensor returned by train_step
@@ -35,6 +39,8 @@ class Gan:
     opt_d: torch.optim.Optimizer
     # D as the generator update runs it (loop.networks_for_steps: outside DDP); None = discriminator
     discriminator_in_g_update: nn.Module | None = None
+    # what D's inputs go through first (augment.augmentation); None = nothing
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def build_gan(model: ModelConfig, config: OptimParams, device: torch.device) -> Gan:
@@ -46,7 +52,8 @@ def build_gan(model: ModelConfig, config: OptimParams, device: torch.device) -> 
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2), **fused)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2), **fused)
-    return Gan(config, generator, discriminator, ema, opt_g, opt_d)
+    return Gan(config, generator, discriminator, ema, opt_g, opt_d,
+               augment=augmentation(config.augment, config.augment_p))
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -75,6 +82,9 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
     """One GAN update. dataset: uint8 (N, 3, H, W) on the device. Returns (6,) STEP_METRICS, on device."""
     G, D = gan.generator, gan.discriminator
     real = normalise(dataset[indices])                                      # (B, 3, H, W)
+    if gan.config.mirror:
+        real = mirror(real)
+    seen_by_d = gan.augment or (lambda images: images)                     # (B, 3, H, W) -> same
     real_targets, fake_targets = targets[0], targets[1]                     # (B, 1) each
 
     with autocast:
@@ -82,7 +92,7 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
 
     # 1. D on real: minimise BCE(D(x), 1 - u)  ==  maximise log D(x)
     with autocast:
-        logits_real = D(real).float()                                       # (B, 1)
+        logits_real = D(seen_by_d(real)).float()                            # (B, 1)
     loss_d_real = F.binary_cross_entropy_with_logits(logits_real, real_targets)
     # statistics read at once: a CUDA-graph replay of D may reuse its output buffer
     d_x, real_right = _detached_stats(logits_real, real=True)
@@ -92,7 +102,7 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
 
     # 2. D on fake: minimise BCE(D(G(z)), u)  ==  maximise log(1 - D(G(z)))
     with autocast:
-        logits_fake = D(fake.detach()).float()                              # (B, 1)
+        logits_fake = D(seen_by_d(fake.detach())).float()                   # (B, 1)
     loss_d_fake = F.binary_cross_entropy_with_logits(logits_fake, fake_targets)
     d_g_z, fake_right = _detached_stats(logits_fake, real=False)
     gan.opt_d.zero_grad(set_to_none=True)
@@ -104,7 +114,7 @@ def train_step(gan: Gan, dataset: torch.Tensor, indices: torch.Tensor, z: torch.
     try:
         D_in_g_update = D if gan.discriminator_in_g_update is None else gan.discriminator_in_g_update
         with autocast:
-            logits_g = D_in_g_update(fake).float()                          # (B, 1)
+            logits_g = D_in_g_update(seen_by_d(fake)).float()               # (B, 1)
         loss_g = F.binary_cross_entropy_with_logits(logits_g, real_targets)
         gan.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
