@@ -58,6 +58,29 @@ def test_summary_lists_layers_with_shapes_and_params():
     assert "Total params" in text
 
 
+@pytest.mark.parametrize("network", [Generator, Discriminator])
+def test_summarising_a_network_changes_nothing_of_it(network, monkeypatch):
+    # the train stage summarises the networks it then trains: the summary must leave their
+    # BatchNorm statistics, their device (a GPU's network must not be moved to the CPU) and the
+    # random stream as they were
+    model = network(ModelConfig("article"))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    moved = []
+    original_to = torch.nn.Module.to
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(self)
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    model_summary(model)
+    assert not any(module is model for module in moved), "the summary moved the network itself"
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training
+
+
 def test_saved_model_loads_without_params(tmp_path):
     config = ModelConfig("dcgan", image_size=32, nz=10, ngf=8, ndf=8)
     generator = Generator(config).eval()

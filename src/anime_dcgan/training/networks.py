@@ -12,6 +12,8 @@ article computed stably.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -142,8 +144,10 @@ def model_summary(model: nn.Module, batch_size: int = 1) -> str:
     config: ModelConfig = model.config
     shape = (batch_size, config.nz, 1, 1) if isinstance(model, Generator) else \
         (batch_size, 3, config.image_size, config.image_size)
-    with torch.random.fork_rng(devices=[]):  # torchinfo draws a random input: keep training's RNG intact
-        table = summary(model, input_size=shape, device="cpu", verbose=0, depth=3,
+    # of a CPU copy: torchinfo moves the model it is given to its device, and its forward pass would
+    # update the BatchNorm statistics; and it draws a random input: keep training's RNG intact
+    with torch.random.fork_rng(devices=[]):
+        table = summary(copy.deepcopy(model).cpu(), input_size=shape, device="cpu", verbose=0, depth=3,
                         col_names=("output_size", "num_params"), row_settings=("var_names",))
     return f"{type(model).__name__} ({config.arch})\n{table}"
 
