@@ -13,7 +13,6 @@ article computed stably.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
