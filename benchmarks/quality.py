@@ -1,10 +1,12 @@
-"""Quality benchmark: three training recipes, the same steps, scored against the real sample.
+"""Quality benchmark: training recipes, the same steps, scored against the real sample.
 
 Recipes:
   default           params.yaml as it is: the article's DCGAN and noisy labels, the generator's learning
                     rate at 2x the discriminator's (lr_g_scale 2), sampled from the EMA generator
   article_no_ema    the article's recipe (lr 0.00015 for both networks) without the EMA of the generator
   pytorch_examples  pytorch/examples' DCGAN: arch dcgan, lr 0.0002, beta1 0.5, hard labels, no EMA
+  diffaugment       default with `augment: diffaugment` (the paper's policy, every image D sees)
+  diffaugment_mirror  and `mirror: true` (half the real images flipped)
 
 The EMA never feeds back into training (the networks, optimisers and noise are the same with or
 without it), so `article_no_ema` samples the raw generator of the `article` training, which is exactly
@@ -55,12 +57,18 @@ RECIPES: dict[str, tuple[str, str]] = {
     "default": ("default", "generator_ema.pt"),
     "article_no_ema": ("article", "generator.pt"),
     "pytorch_examples": ("pytorch_examples", "generator.pt"),
+    "diffaugment": ("diffaugment", "generator_ema.pt"),
+    "diffaugment_mirror": ("diffaugment_mirror", "generator_ema.pt"),
 }
 TRAININGS: dict[str, dict] = {  # parameters changed from params.yaml
     "default": {},
     "article": {"lr": 0.00015, "lr_g_scale": 1.0},
     "pytorch_examples": {"arch": "dcgan", "lr": 0.0002, "lr_g_scale": 1.0, "beta1": 0.5, "label_noise": 0.0,
                          "ema_decay": 0.0},
+    # the DiffAugment paper's policy as published (colour, translation 1/8, cutout 1/2, always applied):
+    # nothing here is tuned on the sample
+    "diffaugment": {"augment": "diffaugment"},
+    "diffaugment_mirror": {"augment": "diffaugment", "mirror": True},
 }
 
 

@@ -159,7 +159,7 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     if params.sync_batchnorm and runtime.device.type != "cuda":
         raise PipelineError(f"sync_batchnorm: true needs CUDA GPUs (SyncBatchNorm runs on them only), not "
                             f"{runtime.device.type}; set it to false")
-    threads = _take_cpu_share(cpu_share, None)  # before the calibration, which times at this thread count
+    _take_cpu_share(cpu_share, None)  # before the calibration, which times at this thread count
     if runtime.device.type == "cuda" and ranks.distributed:
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", ranks.local_rank))
     if runtime.device.type == "cpu":
@@ -184,10 +184,8 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
         if ranks.is_main:
             print(f"train: step variant {calibration.describe()}")
         record = Dataset.of(images_path, params.data.source) if ranks.is_main else None
-        training = _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
-                             progress, ranks)
-        training.cpu_share, training.cpu_threads = cpu_share, threads
-        return training.run(tracker, outputs)
+        return _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
+                         progress, ranks, cpu_share).run(tracker, outputs)
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
@@ -261,7 +259,8 @@ class _Training:
     loss history."""
 
     def __init__(self, params: Params, runtime: Runtime, calibration: Calibration, dataset: torch.Tensor,
-                 dataset_record: Dataset | None, folder: Path, progress: bool, ranks: Ranks):
+                 dataset_record: Dataset | None, folder: Path, progress: bool, ranks: Ranks,
+                 cpu_share: CpuShare | None = None):
         self.params, self.runtime, self.dataset, self.folder = params, runtime, dataset, folder
         self.calibration, self.ranks, self.progress = calibration, ranks, progress and ranks.is_main
         self.dataset_record = dataset_record
@@ -286,8 +285,7 @@ class _Training:
         self.pending_grids: list[int] = []                        # and the steps of progress grids
         self.outage: TrackingUnavailable | None = None           # the failure while the store is unavailable
         self.collapse_warning = ""
-        self.cpu_share: CpuShare | None = None
-        self.cpu_threads = torch.get_num_threads()
+        self.cpu_share, self.cpu_threads = cpu_share, torch.get_num_threads()
         self.start_step = 0
         self.mlflow_run: Run | None = None
         self.tracker: Tracker | None = None
@@ -429,6 +427,8 @@ class _Training:
         main = self.ranks.is_main
         if self.start_step == 0 and main:  # the untrained generator: the UI's image slider opens on a picture
             self._progress_grid(0, z_fixed, real_diversity)
+        if self.cpu_share is not None and main:
+            self.pending.append((self.start_step, {"cpu_threads": self.cpu_threads}))
         started = time.perf_counter()
         for step in range(self.start_step + 1, loop.steps + 1):
             self.interval.add(self._one_step(step_gan, step))
