@@ -217,6 +217,7 @@ class CpuShare:
         self._slot_locks = slot_locks
         self._own_slot: int | None = None
         self._applied_threads: int | None = None
+        self._applied_holders = 1
         self._claim_slot()
 
     def _claim_slot(self) -> None:
@@ -240,16 +241,21 @@ class CpuShare:
         return others + 1
 
     def threads(self) -> int:
-        return max(1, self.cores // self.holders())
+        return self._share_of(self.holders())
+
+    def _share_of(self, holders: int) -> int:
+        return max(1, self.cores // holders)
 
     def describe(self) -> str:
-        holders = self.holders()
-        return (f"{self.threads()} of {self.cores} CPU threads"
-                + (f", shared with {_plural(holders - 1, 'other training')} on this machine" if holders > 1 else ""))
+        """The share that apply() last set, in words (no new count: it says what training runs on)."""
+        others = self._applied_holders - 1
+        return (f"{self._applied_threads} of {self.cores} CPU threads"
+                + (f", shared with {_plural(others, 'other training')} on this machine" if others else ""))
 
     def apply(self) -> int:
         """Set torch's thread count to this share when it changed; returns the share."""
-        threads = self.threads()
+        self._applied_holders = self.holders()
+        threads = self._share_of(self._applied_holders)
         if threads != self._applied_threads:
             import torch  # here: a stage takes its leases before it needs torch, whose import costs seconds
 
