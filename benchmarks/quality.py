@@ -96,7 +96,8 @@ def run_training(name: str, base: dict, images_path: Path, work: Path) -> dict:
     models of an earlier invocation trained with the same parameters."""
     params = Params.model_validate({**base, **TRAININGS[name]})
     folder = work / name
-    outputs = TrainOutputs(folder / "models", folder / "progress", folder / "losses.csv", folder / "train.json")
+    outputs = TrainOutputs(folder / "models", folder / "progress", folder / "losses.csv", folder / "fid_by_step.csv",
+                           folder / "train.json")
     recipe = folder / "recipe.json"
     if recipe.is_file() and json.loads(recipe.read_text()) == params.training_identity() and outputs.summary_json.is_file():
         print(f"   reusing the trained models in {folder}", flush=True)

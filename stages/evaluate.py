@@ -1,21 +1,28 @@
 """DVC stage `evaluate`: generated samples vs the real data -> metrics/eval.json (FID, KID, precision,
-recall, SWD, diversity, memorisation, mode coverage) and report/index.html; logged to the training
-run in MLflow, linked to the run's generator model, which is registered as a new version of
-anime-dcgan-generator (@latest-eval, and @champion when its FID is the best under this protocol)."""
+recall, SWD, diversity, memorisation, mode coverage; with fid_50k_full also the field's protocol)
+and report/index.html; logged to the training run in MLflow, linked to the run's generator model (the
+one sample_source names), which is registered as a new version of anime-dcgan-generator
+(@latest-eval, and @champion when its FID is the best under this protocol)."""
 
 import json
 from datetime import datetime, timezone
 
 from anime_dcgan import paths
 from anime_dcgan.device import pick_device
+from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation.evaluate import EvaluationInputs, evaluate
+from anime_dcgan.evaluation.full_fid import METRIC as FULL_FID
+from anime_dcgan.evaluation.full_fid import fid_full
 from anime_dcgan.evaluation.reference import load_reference, reference_digest
 from anime_dcgan.params import load_params
+from anime_dcgan.serving import MODEL_NAME
 from anime_dcgan.tracking import Dataset, Tracker, flatten, provenance_tags
+from anime_dcgan.training.networks import load_model
 from anime_dcgan.util.io import atomic_write_json
 from anime_dcgan.util.stage import run_stage
 
 SET_SIZES = ("fid_samples", "reference_images")  # in eval.json, but constants of the protocol, not scores
+MODEL_NAMES = {"ema": MODEL_NAME, "raw": f"{MODEL_NAME}_raw", "best": f"{MODEL_NAME}_best"}  # MLflow LoggedModels
 
 
 def main() -> None:
@@ -30,19 +37,31 @@ def main() -> None:
     header = {"MLflow run": run.run_id, "link": tracker.run_link(run.run_id),
               "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "parameters": ", ".join(f"{key}={value}" for key, value in flatten(params.model_dump()).items())}
-    results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, pick_device(params.device), header)
+    device = pick_device(params.device)
+    results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, device, header)
+    generator_file = paths.GENERATOR_FILES[params.sample_source]
+    reference = load_reference(paths.REFERENCE_INCEPTION)
+    if params.fid_50k_full:
+        if "full_mu" not in reference:
+            raise PipelineError(f"{paths.REFERENCE_INCEPTION} holds no full-set statistics; rerun the fid_reference "
+                                "stage with fid_50k_full: true (dvc repro)")
+        print("evaluate: fid_50k_full: 50,000 generated images against every real image")
+        results[FULL_FID] = fid_full(load_model(generator_file, device), reference["full_mu"],
+                                     reference["full_sigma"], device)
 
     dataset = Dataset.of(paths.PROCESSED_IMAGES, params.data.source)
-    # a run restored from DVC (not in this store) gets its generator logged here
-    model_id = tracker.generator_model_of(run.run_id) or tracker.log_generator_model(
-        run.run_id, paths.MODELS_DIR / "generator_ema.pt", dataset.image_size, train_summary["steps"])
+    # the generator that made the samples; a run restored from DVC (not in this store) gets it logged here
+    step = train_summary["best_step"] if params.sample_source == "best" else train_summary["steps"]
+    model_name = MODEL_NAMES[params.sample_source]
+    model_id = tracker.generator_model_of(run.run_id, model_name) or tracker.log_generator_model(
+        run.run_id, generator_file, dataset.image_size, step, model_name)
     scores = {name: value for name, value in results.items() if name not in SET_SIZES}
     run.log_metrics([(train_summary["steps"], scores)], model_id=model_id, dataset=dataset)
     run.set_tags({f"evaluate.{name}": str(results[name]) for name in SET_SIZES})
     run.log_artifact(paths.REPORT_DIR, "report")
 
     fid_key = next(name for name in scores if name.startswith("fid_"))
-    protocol = f"{fid_key} against reference {reference_digest(load_reference(paths.REFERENCE_INCEPTION))}"
+    protocol = f"{fid_key} against reference {reference_digest(reference)}"
     provenance = provenance_tags(tracker.root)
     registered = tracker.register_generator(model_id, run.run_id, fid_key, results[fid_key], protocol, {
         "dvc.exp_name": provenance.get("dvc.exp_name", ""), "git.rev": provenance.get("mlflow.source.git.commit", "")})

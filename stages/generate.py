@@ -11,12 +11,10 @@ from anime_dcgan.training.networks import load_model
 from anime_dcgan.training.sample import write_samples
 from anime_dcgan.util.stage import run_stage
 
-GENERATORS = {"ema": "generator_ema.pt", "raw": "generator.pt"}
-
 
 def main() -> None:
     params = load_params()
-    generator = load_model(paths.MODELS_DIR / GENERATORS[params.sample_source], pick_device(params.device))
+    generator = load_model(paths.GENERATOR_FILES[params.sample_source], pick_device(params.device))
     pictures = write_samples(generator, params.n_samples, paths.PROGRESS_DIR, paths.SAMPLES_DIR)
     run = Tracker().run_for_training(json.loads(paths.TRAIN_JSON.read_text())["mlflow_run_id"])
     for path in pictures.values():

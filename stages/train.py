@@ -70,11 +70,13 @@ def train_rank(params: Params, ranks: Ranks, share: CpuShare | None = None) -> N
     with process_group(ranks, device):
         tracker = Tracker() if ranks.is_main else None
         outputs = TrainOutputs(models_dir=paths.MODELS_DIR, progress_dir=paths.PROGRESS_DIR,
-                               losses_csv=paths.LOSSES_CSV, summary_json=paths.TRAIN_JSON)
+                               losses_csv=paths.LOSSES_CSV, fid_csv=paths.FID_CSV, summary_json=paths.TRAIN_JSON)
         summary = train(params, paths.PROCESSED_IMAGES, outputs, tracker, paths.repo_root() / paths.CHECKPOINT_ROOT,
-                        ranks=ranks, cpu_share=share)
+                        ranks=ranks, cpu_share=share, reference=paths.REFERENCE_INCEPTION)
     if ranks.is_main:
-        print(f"train: {summary['steps']} steps at {summary['images_per_second']} images/s; "
+        best = (f"; the best FID during training at step {summary['best_step']} ({summary['best_fid']:.2f}, "
+                "models/generator_best.pt)" if summary["best_step"] is not None else "")
+        print(f"train: {summary['steps']} steps at {summary['images_per_second']} images/s{best}; "
               f"MLflow run {summary['mlflow_run_id']}")
 
 

@@ -115,7 +115,7 @@ EDITS = {
     "src/anime_dcgan/training/cpu_ops.py": {"train", "generate"},
     "src/anime_dcgan/training/sample.py": {"train", "generate", "evaluate"},  # the served model's code
     "src/anime_dcgan/serving.py": {"train", "generate", "evaluate"},
-    "src/anime_dcgan/evaluation/swd.py": {"fid_reference", "attribute_classifier", "evaluate"},
+    "src/anime_dcgan/evaluation/swd.py": {"fid_reference", "attribute_classifier", "train", "evaluate"},
     "src/anime_dcgan/tracking.py": {"train", "generate", "evaluate"},
     "src/anime_dcgan/util/visuals.py": ALL_STAGES,
     "stages/generate.py": {"generate"},

@@ -27,7 +27,7 @@ from anime_dcgan.training.networks import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"arch": "article", "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 8, "steps": 12, "log_every": 2,
-        "sample_every": 4, "checkpoint_every": 4, "n_samples": 8, "fid_samples": 8,
+        "sample_every": 4, "checkpoint_every": 4, "eval_every": 0, "n_samples": 8, "fid_samples": 8,
         "precision": "fp32", "compile": False, "device": "cpu"}
 
 
@@ -43,7 +43,8 @@ def make_workspace(root: Path, **overrides) -> Path:
 
 
 def outputs_in(root: Path) -> TrainOutputs:
-    return TrainOutputs(root / "models", root / "progress", root / "metrics/losses.csv", root / "metrics/train.json")
+    return TrainOutputs(root / "models", root / "progress", root / "metrics/losses.csv", root / "metrics/fid_by_step.csv",
+                        root / "metrics/train.json")
 
 
 def run_library(root: Path, **overrides) -> dict:
@@ -128,7 +129,12 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path, monkeypatch):
     assert sum(p.endswith(".png") and "progress+step+" in p for p in images) == 4  # steps 0, 4, 8, 12
     # the UI's system metrics charts: MLflow's monitor sampled the training
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
-    assert not (root / ".cache/checkpoints").exists() or not any((root / ".cache/checkpoints").iterdir())
+    # the run's folder is gone; its final state is kept, to be extended by a longer run
+    assert not any((root / ".cache/checkpoints").iterdir())
+    [finished] = (root / ".cache/finished_runs").iterdir()
+    assert sorted(p.name for p in finished.iterdir()) == ["checkpoint_000012.pt", "progress", "run.json",
+                                                          "step_choice.json"]
+    assert json.loads((finished / "run.json").read_text()) == {"mlflow_run_id": run.info.run_id, "steps": 12}
 
 
 def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path):

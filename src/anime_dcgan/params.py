@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from anime_dcgan.errors import PipelineError
 
@@ -123,6 +132,9 @@ class OptimParams(_Strict):
         return self.lr * self.lr_g_scale
 
 
+MIN_FID_SAMPLES = 4
+
+
 class LoopParams(_Strict):
     """The loop around the step (training/loop.py)."""
 
@@ -130,6 +142,9 @@ class LoopParams(_Strict):
     log_every: Int = Field(25, ge=1)
     sample_every: Int = Field(100, ge=1)
     checkpoint_every: Int = Field(250, ge=1)
+    # FID during training (training/fid_monitor.py): every eval_every steps (0 = never), of eval_samples images
+    eval_every: Int = Field(250, ge=0)
+    eval_samples: Int = Field(500, ge=MIN_FID_SAMPLES)
 
 
 def _devices(value: Any) -> int | str:
@@ -152,15 +167,13 @@ class RuntimeParams(_Strict):
     compile: Literal["auto"] | bool = "auto"
 
 
-MIN_FID_SAMPLES = 4
-
-
 class EvaluationParams(_Strict):
     """The generate and evaluate stages."""
 
-    sample_source: Literal["ema", "raw"] = "ema"
+    sample_source: Literal["ema", "raw", "best"] = "ema"
     n_samples: Int = Field(2000, ge=1)
     fid_samples: Int = Field(1000)
+    fid_50k_full: bool = False  # also the field's protocol: 50,000 generated images against every real one
 
     @field_validator("fid_samples")
     @classmethod
@@ -196,8 +209,16 @@ class Params(*reversed(_SECTIONS)):
     runtime = property(lambda self: self.section(RuntimeParams))
     evaluation = property(lambda self: self.section(EvaluationParams))
 
+    @model_validator(mode="after")
+    def _best_needs_scores(self) -> Params:
+        if self.sample_source == "best" and self.eval_every == 0:
+            raise ValueError("sample_source: best needs FID during training, which eval_every: 0 turns off; "
+                             "set eval_every (e.g. 250) or sample_source: ema")
+        return self
+
     def training_identity(self) -> dict[str, Any]:
-        """The parameters that determine a training run (its identity for resuming)."""
+        """The parameters that determine a training run (its identity for resuming); without `steps`
+        they name its lineage, the runs that extend one another."""
         return {"seed": self.seed, **self.model.model_dump(), **self.optim.model_dump(),
                 **self.loop.model_dump(), **self.runtime.model_dump()}
 
@@ -209,7 +230,9 @@ def _known_keys(loc: tuple) -> list[str]:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
+    if not key:  # a rule across keys: its message names them
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         if error["loc"] and error["loc"][-1] in _REMOVED_KEYS:
             return f"{key}: no longer a parameter: {_REMOVED_KEYS[error['loc'][-1]]}"

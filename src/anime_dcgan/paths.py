@@ -24,8 +24,12 @@ REFERENCE_ATTRIBUTES = Path("reference/attributes")     # hair/eye colour classi
 # train
 CHECKPOINT_ROOT = Path(".cache/checkpoints")     # resumable training state, one folder per run identity
 MODELS_DIR = Path("models")
+# the generator each sample_source names
+GENERATOR_FILES = {"ema": MODELS_DIR / "generator_ema.pt", "raw": MODELS_DIR / "generator.pt",
+                   "best": MODELS_DIR / "generator_best.pt"}
 PROGRESS_DIR = Path("progress")
 LOSSES_CSV = Path("metrics/losses.csv")
+FID_CSV = Path("metrics/fid_by_step.csv")        # FID during training (eval_every)
 TRAIN_JSON = Path("metrics/train.json")
 # generate
 SAMPLES_DIR = Path("samples")

@@ -45,7 +45,8 @@ def signature(image_size: int) -> Any:
                           outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3))]))
 
 
-def log_generator(experiment_id: str, run_id: str, generator_file: Path, image_size: int, step: int) -> str:
+def log_generator(experiment_id: str, run_id: str, generator_file: Path, image_size: int, step: int,
+                  name: str = MODEL_NAME) -> str:
     """Log `generator_file` as a LoggedModel of run `run_id` in the process's tracking store (set by
     the Tracker); returns its model id."""
     import pandas as pd
@@ -54,7 +55,7 @@ def log_generator(experiment_id: str, run_id: str, generator_file: Path, image_s
     mlflow.set_experiment(experiment_id=experiment_id)
     # Model.log, not pyfunc.log_model: only it takes the run to link the model to
     info = Model.log(
-        artifact_path=None, flavor=mlflow.pyfunc, name=MODEL_NAME, run_id=run_id, step=step, model_type="gan-generator",
+        artifact_path=None, flavor=mlflow.pyfunc, name=name, run_id=run_id, step=step, model_type="gan-generator",
         python_model=__file__,  # a model from code: this file, run at load time, sets the model (no pickle)
         artifacts={GENERATOR_ARTIFACT: str(generator_file)}, code_paths=[str(Path(anime_dcgan.__file__).parent)],
         signature=signature(image_size), input_example=pd.DataFrame({"seed": [0, 1]}),

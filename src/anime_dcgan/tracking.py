@@ -301,19 +301,21 @@ class Tracker:
         finally:
             random.setstate(state)
 
-    def log_generator_model(self, run_id: str, generator_file: Path, image_size: int, step: int) -> str:
-        """The generator as an MLflow LoggedModel (a pyfunc, see serving.py) linked to run `run_id`;
-        returns its model id."""
+    def log_generator_model(self, run_id: str, generator_file: Path, image_size: int, step: int,
+                            name: str | None = None) -> str:
+        """The generator as an MLflow LoggedModel (a pyfunc, see serving.py) named `name` (default
+        serving.MODEL_NAME, the EMA generator) linked to run `run_id`; returns its model id."""
         from anime_dcgan import serving
 
-        return self.client.bounded(lambda: serving.log_generator(
-            self.experiment_id, run_id, generator_file, image_size, step), once=True)  # a retry would log it twice
+        return self.client.bounded(lambda: serving.log_generator(  # a retry would log it twice
+            self.experiment_id, run_id, generator_file, image_size, step, name or serving.MODEL_NAME), once=True)
 
-    def generator_model_of(self, run_id: str) -> str | None:
-        """The id of the generator model that run `run_id` logged, if any."""
+    def generator_model_of(self, run_id: str, name: str | None = None) -> str | None:
+        """The id of the generator model named `name` (default: the EMA generator's) that run `run_id`
+        logged, if any."""
         outputs = self.client.get_run(run_id).outputs
         for output in (outputs.model_outputs if outputs else []):
-            if self.client.get_logged_model(output.model_id).name == _model_name():
+            if self.client.get_logged_model(output.model_id).name == (name or _model_name()):
                 return output.model_id
         return None
 

@@ -23,6 +23,25 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+class RunningStatistics:
+    """Mean and unbiased covariance of feature rows added a chunk at a time (float64 sums)."""
+
+    def __init__(self, dim: int):
+        self.count, self.total, self.outer = 0, np.zeros(dim), np.zeros((dim, dim))
+
+    def add(self, features: np.ndarray) -> None:                 # (n, dim)
+        features = np.asarray(features, dtype=np.float64)
+        self.count += len(features)
+        self.total += features.sum(axis=0)
+        self.outer += features.T @ features
+
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 rows, got {self.count}")
+        mean = self.total / self.count
+        return mean, (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+
+
 def _psd_eigenvalues(matrix: np.ndarray, name: str, vectors: bool = False):
     """Eigenvalues (clipped at 0) of a symmetric positive semi-definite matrix, and eigenvectors if asked."""
     symmetric = (matrix + matrix.T) / 2

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from anime_dcgan.errors import PipelineError
-from anime_dcgan.evaluation.fid import feature_statistics
+from anime_dcgan.evaluation.fid import RunningStatistics, feature_statistics
 from anime_dcgan.evaluation.images import as_uint8_images
 from anime_dcgan.evaluation.inception import FEATURE_DIM, inception_features
 from anime_dcgan.util.io import atomic_path
@@ -21,14 +21,17 @@ from anime_dcgan.util.io import atomic_path
 # Written into every reference; evaluate refuses a reference made under another protocol.
 PROTOCOL = "inception-v3-tf-2015-12-05 | uint8 -> tf1-bilinear 299 -> (x-128)/128 -> pool3 2048"
 _ARRAYS = ("indices", "features", "mu", "sigma")
+FULL_ARRAYS = ("full_mu", "full_sigma")  # statistics of every real image, for fid_50k_full (full_fid.py)
+FULL_CHUNK = 1000                        # real images featurised at a time for them
 
 
 def compute_reference(images: np.ndarray, n: int, seed: int, device: str | torch.device = "cpu",
-                      batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+                      batch_size: int | None = None, progress: bool = False, full: bool = False) -> dict[str, Any]:
     """Inception statistics of min(n, N) real images chosen by a seeded permutation.
 
     Returns ``indices`` (int64, sorted, into ``images``), ``features`` (float32 (n, 2048), to save
-    space), ``mu`` and ``sigma`` (float64, from the unrounded features), ``seed`` and ``protocol``.
+    space), ``mu`` and ``sigma`` (float64, from the unrounded features), ``seed`` and ``protocol``;
+    with ``full``, also ``full_mu`` and ``full_sigma``, the statistics of all N images.
     """
     images = as_uint8_images(images)
     if n < 2:
@@ -40,8 +43,19 @@ def compute_reference(images: np.ndarray, n: int, seed: int, device: str | torch
     indices = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
     features = inception_features(images, device, batch_size=batch_size, progress=progress, indices=indices)
     mu, sigma = feature_statistics(features)
-    return {"indices": indices.astype(np.int64), "features": features.astype(np.float32), "mu": mu,
-            "sigma": sigma, "seed": seed, "protocol": PROTOCOL}
+    reference = {"indices": indices.astype(np.int64), "features": features.astype(np.float32), "mu": mu,
+                 "sigma": sigma, "seed": seed, "protocol": PROTOCOL}
+    if full:
+        reference["full_mu"], reference["full_sigma"] = full_statistics(images, device)
+    return reference
+
+
+def full_statistics(images: np.ndarray, device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Inception mean (2048,) and covariance (2048, 2048) of every image of uint8 (N, 3, S, S)."""
+    statistics = RunningStatistics(FEATURE_DIM)
+    for start in range(0, len(images), FULL_CHUNK):
+        statistics.add(inception_features(images[start:start + FULL_CHUNK], device))
+    return statistics.mean_and_covariance()
 
 
 def save_reference(path: str | Path, reference: dict[str, Any]) -> None:
@@ -50,7 +64,8 @@ def save_reference(path: str | Path, reference: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"reference lacks {missing}; build it with compute_reference")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to a name
-        np.savez(handle, **{key: np.asarray(reference[key]) for key in (*_ARRAYS, "seed", "protocol")})
+        keys = (*_ARRAYS, "seed", "protocol", *(key for key in FULL_ARRAYS if key in reference))
+        np.savez(handle, **{key: np.asarray(reference[key]) for key in keys})
 
 
 def load_reference(path: str | Path) -> dict[str, Any]:
@@ -71,9 +86,10 @@ def load_reference(path: str | Path) -> dict[str, Any]:
         raise PipelineError(f"{path} was computed under another feature protocol "
                             f"({reference['protocol']!s}, expected {PROTOCOL}); {hint}")
     count = len(reference["indices"])
-    expected = {"features": (count, FEATURE_DIM), "mu": (FEATURE_DIM,), "sigma": (FEATURE_DIM, FEATURE_DIM)}
+    expected = {"features": (count, FEATURE_DIM), "mu": (FEATURE_DIM,), "sigma": (FEATURE_DIM, FEATURE_DIM),
+                "full_mu": (FEATURE_DIM,), "full_sigma": (FEATURE_DIM, FEATURE_DIM)}
     for key, shape in expected.items():
-        if reference[key].shape != shape:
+        if key in reference and reference[key].shape != shape:
             raise PipelineError(f"{path}: {key} has shape {reference[key].shape}, expected {shape}; {hint}")
     reference["seed"] = int(reference["seed"])
     reference["protocol"] = str(reference["protocol"])

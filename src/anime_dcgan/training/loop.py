@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from anime_dcgan.device import Runtime, peak_rss_bytes, pick_runtime, tune_cpu_allocator
 from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.registry import count_label
 from anime_dcgan.leases import CpuShare, leased_gpus
 from anime_dcgan.params import OptimParams, Params
 from anime_dcgan.tracking import Dataset, Run, Tracker, TrackingUnavailable, provenance_tags, run_name, tracking_wait_s
@@ -53,6 +54,7 @@ from anime_dcgan.training.distributed import (
     sum_across_ranks,
     weights_digest,
 )
+from anime_dcgan.training.fid_monitor import BestSnapshot, FidMonitor, exported_generator
 from anime_dcgan.training.networks import ModelConfig, model_summary, save_model
 from anime_dcgan.training.sample import to_uint8
 from anime_dcgan.training.step import (
@@ -62,7 +64,6 @@ from anime_dcgan.training.step import (
     draw_step_inputs,
     ema_decay_at,
     normalise,
-    recalibrate_batchnorm,
     train_step,
 )
 from anime_dcgan.util.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
@@ -71,7 +72,6 @@ from anime_dcgan.util.visuals import image_grid, load_png, save_png
 COMPILE_WARM_UP_STEPS = 3      # compilation, CUDA graph recording and its first replay: the first calls
 GRID_SIZE = 64                 # fixed-noise samples in a progress grid (8 x 8)
 COLLAPSE_DIVERSITY = 0.2       # fixed-noise diversity below this share of the real data's = collapse
-STANDING_STATS_BATCHES = 32    # batches of noise that set the exported generators' BatchNorm statistics
 
 
 class DivergenceError(PipelineError):
@@ -80,9 +80,10 @@ class DivergenceError(PipelineError):
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    models_dir: Path       # generator.pt, generator_ema.pt, discriminator.pt, summary.txt
+    models_dir: Path       # generator.pt, generator_ema.pt, discriminator.pt, summary.txt (+ generator_best.pt)
     progress_dir: Path     # step_000100.png ... fixed-noise grids through training
     losses_csv: Path       # one row per logging interval (a DVC plot, x = step)
+    fid_csv: Path          # step, fid, kid: one row per FID during training (a DVC plot)
     summary_json: Path     # final figures + mlflow_run_id (a DVC metrics file)
 
 
@@ -151,10 +152,11 @@ class _Interval:
 
 def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tracker | None,
           checkpoint_root: Path, progress: bool = True, ranks: Ranks = SINGLE,
-          cpu_share: CpuShare | None = None) -> dict[str, Any]:
-    """Train (or resume) the run that `params` and the data at `images_path` describe. With several
-    ranks each process calls this; rank 0 alone has a tracker and returns the summary. With a
-    `cpu_share`, training runs on the share of the cores it gives, re-checked at every log step."""
+          cpu_share: CpuShare | None = None, reference: Path | None = None) -> dict[str, Any]:
+    """Train (or resume, or extend) the run that `params` and the data at `images_path` describe.
+    With several ranks each process calls this; rank 0 alone has a tracker and returns the summary.
+    With a `cpu_share`, training runs on the share of the cores it gives, re-checked at every log
+    step. `reference`: the real data's Inception statistics, for FID during training (eval_every)."""
     runtime = pick_runtime(params.device, params.precision, params.compile)
     if params.sync_batchnorm and runtime.device.type != "cuda":
         raise PipelineError(f"sync_batchnorm: true needs CUDA GPUs (SyncBatchNorm runs on them only), not "
@@ -165,10 +167,17 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
     optim = params.optim.model_copy(update={"batch_size": local_batch_size(params.batch_size, ranks.world_size)})
+    monitor = None
+    if params.eval_every and ranks.is_main:
+        if reference is None:
+            raise PipelineError("eval_every > 0 scores FID during training, which needs the reference statistics "
+                                "of the fid_reference stage; set eval_every: 0 to train without")
+        monitor = FidMonitor(reference, params.eval_samples, params.seed, runtime.device)
     dataset = load_dataset(images_path, runtime.device)                    # (N, 3, S, S) uint8
-    identity = ckpt.run_identity({**params.training_identity(), "image_size": dataset.shape[-1],
-                                  "world_size": ranks.world_size}, file_sha256(images_path))
-    folder = checkpoint_root / identity
+    config = {**params.training_identity(), "image_size": dataset.shape[-1], "world_size": ranks.world_size}
+    data_digest = file_sha256(images_path)
+    folder = checkpoint_root / ckpt.run_identity(config, data_digest)
+    lineage = ckpt.lineage(config, data_digest)
     lock = FileLock(str(folder / "lock"))
     if ranks.is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -178,14 +187,18 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
             raise PipelineError(f"another training run with the same parameters and data is running "
                                f"(it holds {folder / 'lock'}); wait for it to finish") from None
     try:
+        if ranks.is_main:
+            _continue_a_finished_run(folder, checkpoint_root, lineage, params)
         # timed by rank 0 alone (the others wait): every rank runs the same step variant
         calibration = from_main(step_choice(params, optim, runtime, dataset.shape[-1], folder)
                                 if ranks.is_main else None, ranks)
         if ranks.is_main:
             print(f"train: step variant {calibration.describe()}")
         record = Dataset.of(images_path, params.data.source) if ranks.is_main else None
-        return _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
-                         progress, ranks, cpu_share).run(tracker, outputs)
+        training = _Training(params, calibration.choice.applied_to(runtime), calibration, dataset, record, folder,
+                             progress, ranks, cpu_share, monitor)
+        return training.run(tracker, outputs, lambda run_id: ckpt.keep_finished(
+            folder, ckpt.finished_root(checkpoint_root), lineage, params.steps, run_id))
     except TrackingUnavailable as exc:
         step = ckpt.latest_step(folder)
         raise TrackingUnavailable(f"{exc}; " + (
@@ -194,6 +207,18 @@ def train(params: Params, images_path: Path, outputs: TrainOutputs, tracker: Tra
     finally:
         if lock.is_locked:
             lock.release()
+
+
+def _continue_a_finished_run(folder: Path, checkpoint_root: Path, lineage: str, params: Params) -> None:
+    """A run with no checkpoint of its own starts from the longest finished run of its lineage."""
+    if ckpt.latest_step(folder) is not None:  # its own checkpoint: a resume
+        return
+    (folder / ckpt.RUN_FILE).unlink(missing_ok=True)  # from a copy that a kill cut short
+    finished = ckpt.longest_finished(ckpt.finished_root(checkpoint_root), lineage, params.steps, params.log_every)
+    if finished is not None:
+        record = ckpt.continue_finished(finished, folder)
+        print(f"train: continuing the finished {record['steps']}-step run (MLflow run {record['mlflow_run_id']}) "
+              f"to {params.steps} steps, from its final state in {finished}")
 
 
 def _take_cpu_share(share: CpuShare | None, threads_before: int | None,
@@ -260,7 +285,7 @@ class _Training:
 
     def __init__(self, params: Params, runtime: Runtime, calibration: Calibration, dataset: torch.Tensor,
                  dataset_record: Dataset | None, folder: Path, progress: bool, ranks: Ranks,
-                 cpu_share: CpuShare | None = None):
+                 cpu_share: CpuShare | None = None, monitor: FidMonitor | None = None):
         self.params, self.runtime, self.dataset, self.folder = params, runtime, dataset, folder
         self.calibration, self.ranks, self.progress = calibration, ranks, progress and ranks.is_main
         self.dataset_record = dataset_record
@@ -285,12 +310,17 @@ class _Training:
         self.pending_grids: list[int] = []                        # and the steps of progress grids
         self.outage: TrackingUnavailable | None = None           # the failure while the store is unavailable
         self.collapse_warning = ""
+        self.monitor = monitor                                    # FID during training (rank 0)
+        self.fid_history: list[dict[str, float]] = []
+        self.best: BestSnapshot | None = None
+        self.eval_seconds = 0.0
         self.cpu_share, self.cpu_threads = cpu_share, torch.get_num_threads()
         self.start_step = 0
         self.mlflow_run: Run | None = None
         self.tracker: Tracker | None = None
 
-    def run(self, tracker: Tracker | None, outputs: TrainOutputs) -> dict[str, Any]:
+    def run(self, tracker: Tracker | None, outputs: TrainOutputs,
+            keep_finished: Callable[[str], Path]) -> dict[str, Any]:
         if not self.ranks.is_main:  # the other ranks: rank 0's saved state, the steps, the agreement check
             state = from_main(None, self.ranks)
             if state is not None:
@@ -311,8 +341,13 @@ class _Training:
                                if state is not None else "no good checkpoint is left: training starts afresh"))
             tags["anime_dcgan.damaged_checkpoints"] = "; ".join(damaged)[:5000]
         from_main(state, self.ranks)
+        extended = ckpt.extended_run(self.folder)
+        if extended is not None:
+            tags |= {"anime_dcgan.extends_run": extended["mlflow_run_id"],
+                     "anime_dcgan.extends_from_step": str(extended["steps"])}
         if state is not None:
             self._load_state(state)
+        if state is not None and state["mlflow_run_id"] != (extended or {}).get("mlflow_run_id"):  # a resume
             tracker.mark_killed_if_running(state["mlflow_run_id"])
             tags |= {"anime_dcgan.resumed_from_step": str(self.start_step),
                      "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
@@ -327,7 +362,7 @@ class _Training:
                  else self.runtime.device.type)
         print(f"train: {len(self.dataset):,} images of {size}x{size} on {where}, "
               f"{self.runtime.precision}{', compiled' if self.runtime.compile else ''}; "
-              + (f"resuming at step {self.start_step} of {steps}" if self.start_step else f"{steps} steps"))
+              + (f"from step {self.start_step} to {steps}" if self.start_step else f"{steps} steps"))
 
         with tracker.start_run(run_name(), tags) as run:
             self.tracker, self.mlflow_run = tracker, run
@@ -342,12 +377,15 @@ class _Training:
             run.log_text(self.summaries, "model_summary.txt")
             self._log_augmentation_picture(run)
             run.log_dataset(self.dataset_record, "training")
-            if self.history:  # the resumed run carries the whole curve, not only the part after the restart
-                run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
+            # the resumed or extended run carries the whole curve, not only the part after the restart
+            run.log_metrics((row["step"], _metrics_only(row)) for row in self.history)
+            run.log_metrics((row["step"], self._fid_metrics(row)) for row in self.fid_history)
             with tracker.system_metrics(run.run_id):
                 seconds = self._steps()
                 digests = self._check_ranks_agree()
-                return self._export(outputs, seconds, digests)
+                summary = self._export(outputs, seconds, digests)
+            keep_finished(run.run_id)  # the final state, for a longer run of the same lineage
+            return summary
 
     def _log_augmentation_picture(self, run: Run) -> None:
         """What D sees of the real data, when it is augmented: 32 real images (rows 1-4) and the same
@@ -378,6 +416,7 @@ class _Training:
         self.interval.total.copy_(own["interval_total"])
         self.start_step, self.history = state["step"], state["history"]
         self.interval.count = state["interval_count"]
+        self.fid_history, self.best = state["fid_history"], BestSnapshot.from_state(state["best"])
 
     def _prepare_step(self) -> str:
         """Set the networks' view for the steps (networks_for_steps). A compiled step of one process is
@@ -443,6 +482,8 @@ class _Training:
             grid_due = step % loop.sample_every == 0 or last
             if grid_due and main:
                 self._progress_grid(step, z_fixed, real_diversity)
+            if self.monitor is not None and step % loop.eval_every == 0:  # never at other steps: see _score
+                self._score(step)
             if step % loop.checkpoint_every == 0 or last:
                 self._check_finite(step)
                 self._save_checkpoint(step)
@@ -450,6 +491,26 @@ class _Training:
                 self._send_to_mlflow()
         bar.close()
         return time.perf_counter() - started
+
+    def _fid_metrics(self, row: dict[str, float]) -> dict[str, float]:
+        label = count_label(self.params.eval_samples)
+        return {f"train_fid_{label}": row["fid"], f"train_kid_{label}": row["kid"]}
+
+    def _score(self, step: int) -> None:
+        """FID/KID of the generator as exported at this step; keeps it when it is the best so far.
+        Only at multiples of eval_every, so a run extended from a shorter one scores the same steps as
+        one trained from scratch."""
+        started = time.perf_counter()
+        generator = exported_generator(self.gan.ema, self.optim.batch_size, self.params.seed)
+        score = self.monitor.score(generator, step)
+        self.fid_history.append(score.row())
+        self.pending.append((step, self._fid_metrics(score.row())))
+        if self.best is None or score.fid < self.best.score.fid:
+            self.best = BestSnapshot.of(score, generator)
+        self.eval_seconds += time.perf_counter() - started
+        best = self.best.score
+        tqdm.write(f"train: step {step}: FID {score.fid:.2f}, KID {score.kid:.4f} ({self.params.eval_samples} samples); "
+                   + ("the best so far" if best is score else f"the best is step {best.step} (FID {best.fid:.2f})"))
 
     def _share_cores(self, step: int) -> None:
         """Follow the CPU share as other trainings start and end; the thread count is an MLflow metric by step."""
@@ -554,6 +615,7 @@ class _Training:
             "ema": gan.ema.state_dict(), "opt_g": gan.opt_g.state_dict(), "opt_d": gan.opt_d.state_dict(),
             "history": self.history, "interval_total": self.interval.total.cpu(),
             "interval_count": self.interval.count, "mlflow_run_id": self.mlflow_run.run_id,
+            "fid_history": self.fid_history, "best": self.best.state() if self.best else None,
             **({"ranks": ranks} if self.ranks.distributed else {}),
         })
 
@@ -561,25 +623,37 @@ class _Training:
         """Write the DVC outputs of the stage and log them to MLflow."""
         self._send_to_mlflow(final=True)  # before any output: a stage that cannot log leaves none
         gan, run, steps, batch_size = self.gan, self.mlflow_run, self.loop.steps, self.optim.batch_size
-        seed = self.params.seed + 1  # standing statistics noise: not the training or the grid noise
-        ema = recalibrate_batchnorm(gan.ema, STANDING_STATS_BATCHES, batch_size, seed)
-        generator = recalibrate_batchnorm(gan.generator, STANDING_STATS_BATCHES, batch_size, seed)
         outputs.models_dir.mkdir(parents=True, exist_ok=True)
-        save_model(generator, outputs.models_dir / "generator.pt")
-        save_model(ema, outputs.models_dir / "generator_ema.pt")
+        save_model(exported_generator(gan.generator, batch_size, self.params.seed), outputs.models_dir / "generator.pt")
+        save_model(exported_generator(gan.ema, batch_size, self.params.seed), outputs.models_dir / "generator_ema.pt")
+        if self.best is not None:
+            save_model(self.best.generator(gan.ema), outputs.models_dir / "generator_best.pt")
         save_model(gan.discriminator.eval(), outputs.models_dir / "discriminator.pt")
         atomic_write_text(outputs.models_dir / "summary.txt", self.summaries + "\n")
 
         with atomic_dir(outputs.progress_dir) as staging:  # the grids, kept across a resume, become the output
-            for grid in (self.folder / "progress").iterdir():
-                shutil.copy2(grid, staging)
+            for grid in sorted((self.folder / "progress").iterdir()):
+                step = int(grid.stem.removeprefix("step_"))
+                # an extended run's copy also holds the shorter run's last grid, which this run never drew
+                if step % self.loop.sample_every == 0 or step == steps:
+                    shutil.copy2(grid, staging)
         _write_losses(outputs.losses_csv, self.history)
+        _write_csv(outputs.fid_csv, ["step", "fid", "kid"], self.fid_history)
         trained_steps = steps - self.start_step
+        train_seconds = seconds - self.eval_seconds
+        best = self.best.score if self.best else None
+        extended = ckpt.extended_run(self.folder)
         summary = {
             "steps": steps,
             "resumed_from_step": self.start_step,
-            "train_seconds": round(seconds, 2),
-            "images_per_second": round(trained_steps * batch_size / seconds, 1) if seconds else 0.0,
+            "extends_mlflow_run_id": extended["mlflow_run_id"] if extended else None,
+            "train_seconds": round(train_seconds, 2),  # the steps alone
+            "fid_eval_seconds": round(self.eval_seconds, 2),
+            "images_per_second": round(trained_steps * batch_size / train_seconds, 1) if train_seconds else 0.0,
+            "eval_samples": self.params.eval_samples if self.params.eval_every else None,
+            "best_step": best.step if best else None,
+            "best_fid": round(best.fid, 4) if best else None,
+            "best_kid": round(best.kid, 6) if best else None,
             "device": self.runtime.device.type,
             "precision": self.runtime.precision,
             "compiled": self.runtime.compile,
@@ -597,17 +671,25 @@ class _Training:
         }
         atomic_write_json(outputs.summary_json, summary)
         run.log_metrics([(steps, {"images_per_second": summary["images_per_second"]})])
+        if best is not None:
+            run.set_tags({"anime_dcgan.best_step": str(best.step), "anime_dcgan.best_fid": f"{best.fid:.4f}"})
         run.log_artifact(outputs.models_dir, "models")
         run.log_artifact(outputs.losses_csv, "metrics")
+        run.log_artifact(outputs.fid_csv, "metrics")
         model_id = self.tracker.log_generator_model(run.run_id, outputs.models_dir / "generator_ema.pt",
                                                     self.model_config.image_size, steps)
         print(f"train: the EMA generator is MLflow model {model_id} (models:/{model_id})")
-        ckpt.remove_checkpoints(self.folder)
         return summary
 
 
 def _write_losses(path: Path, history: list[dict[str, float]]) -> None:
+    _write_csv(path, ["step", *STEP_METRICS],
+               [{k: (round(v, 6) if k != "step" else v) for k, v in row.items()} for row in history])
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", *STEP_METRICS])
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: (round(v, 6) if k != "step" else v) for k, v in row.items()} for row in history)
+        writer.writerows(rows)
