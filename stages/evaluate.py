@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 
 from anime_dcgan import paths
 from anime_dcgan.device import pick_device
-from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation.evaluate import EvaluationInputs, evaluate
 from anime_dcgan.evaluation.full_fid import METRIC as FULL_FID
 from anime_dcgan.evaluation.full_fid import fid_full
@@ -42,12 +41,8 @@ def main() -> None:
     generator_file = paths.GENERATOR_FILES[params.sample_source]
     reference = load_reference(paths.REFERENCE_INCEPTION)
     if params.fid_50k_full:
-        if "full_mu" not in reference:
-            raise PipelineError(f"{paths.REFERENCE_INCEPTION} holds no full-set statistics; rerun the fid_reference "
-                                "stage with fid_50k_full: true (dvc repro)")
         print("evaluate: fid_50k_full: 50,000 generated images against every real image")
-        results[FULL_FID] = fid_full(load_model(generator_file, device), reference["full_mu"],
-                                     reference["full_sigma"], device)
+        results[FULL_FID] = fid_full(load_model(generator_file, device), reference, device)
 
     dataset = Dataset.of(paths.PROCESSED_IMAGES, params.data.source)
     # the generator that made the samples; a run restored from DVC (not in this store) gets it logged here

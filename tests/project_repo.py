@@ -27,7 +27,8 @@ PIPELINE_FILES = ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dv
 TINY_PARAMS: dict[str, Any] = {
     "data": {"synthetic_count": 96, "image_size": 32},
     "steps": 6, "batch_size": 8, "nz": 16, "ngf": 8, "ndf": 8, "log_every": 2, "sample_every": 2,
-    "checkpoint_every": 2, "n_samples": 16, "fid_samples": 8, "compile": False, "precision": "fp32",
+    "checkpoint_every": 2, "eval_every": 3, "eval_samples": 8, "n_samples": 16, "fid_samples": 8,
+    "compile": False, "precision": "fp32",
     "device": "cpu",
 }
 

@@ -18,6 +18,7 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.reference import compute_reference, save_reference
 from anime_dcgan.params import parse_params
 from anime_dcgan.tracking import Tracker
 from anime_dcgan.training import checkpoint as ckpt
@@ -39,6 +40,8 @@ def make_workspace(root: Path, **overrides) -> Path:
     images[:32, 0] = 255  # two visibly different halves, something to learn
     np.save(root / "data/processed/images.npy", images)
     (root / "params.yaml").write_text(yaml.safe_dump({**TINY, **overrides}))
+    if overrides.get("eval_every"):  # FID during training: the fid_reference stage's output
+        save_reference(root / "reference/inception.npz", compute_reference(images, 16, seed=0))
     return root
 
 
@@ -50,7 +53,7 @@ def outputs_in(root: Path) -> TrainOutputs:
 def run_library(root: Path, **overrides) -> dict:
     params = parse_params({**TINY, **overrides})
     return train(params, root / "data/processed/images.npy", outputs_in(root), Tracker(root),
-                 root / ".cache/checkpoints", progress=False)
+                 root / ".cache/checkpoints", progress=False, reference=root / "reference/inception.npz")
 
 
 def client(root: Path) -> MlflowClient:

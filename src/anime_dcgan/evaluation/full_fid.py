@@ -9,9 +9,11 @@ folded into a running mean and covariance a chunk at a time, never held at once.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 
+from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation.fid import RunningStatistics, frechet_distance
 from anime_dcgan.evaluation.inception import FEATURE_DIM, inception_features
 from anime_dcgan.training.networks import Generator
@@ -22,12 +24,16 @@ METRIC = "fid_50k_full"
 CHUNK = 1000  # generated images featurised at a time
 
 
-def fid_full(generator: Generator, real_mu: np.ndarray, real_sigma: np.ndarray, device: str | torch.device,
+def fid_full(generator: Generator, reference: dict[str, Any], device: str | torch.device,
              samples: int = FULL_SAMPLES) -> float:
-    """FID of `samples` images of an eval-mode generator (seeds 0..samples-1) against full-set statistics."""
+    """FID of `samples` images of an eval-mode generator (seeds 0..samples-1) against the full-set
+    statistics of a reference (one computed with full=True)."""
+    if "full_mu" not in reference:
+        raise PipelineError("the reference statistics hold none of every real image; rerun the fid_reference "
+                            "stage with fid_50k_full: true (dvc repro)")
     statistics = RunningStatistics(FEATURE_DIM)
     for start in range(0, samples, CHUNK):
         images = generate_for_seeds(generator, range(start, min(start + CHUNK, samples)))  # uint8 (n, 3, S, S)
         statistics.add(inception_features(images, device))
     mu, sigma = statistics.mean_and_covariance()
-    return frechet_distance(mu, sigma, real_mu, real_sigma)
+    return frechet_distance(mu, sigma, reference["full_mu"], reference["full_sigma"])
