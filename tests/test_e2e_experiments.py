@@ -273,6 +273,7 @@ def test_exp_run_set_param_reruns_training_and_records_the_experiment(history: E
     repo.dvc("plots", "diff", "HEAD", first.name, "-o", str(plots))
     html = (plots / "index.html").read_text()
     assert re.search(r'id\s*=\s*"losses"', html), "no loss plot in dvc plots diff's HTML"
+    assert re.search(r'id\s*=\s*"fid_during_training"', html), "no FID-by-step plot in dvc plots diff's HTML"
     for revision in ("HEAD", first.name):
         assert f'"rev": "{revision}"' in html, f"the loss plot has no curve of {revision}"
     grids = [source for source in re.findall(r'<img src="([^"]+)"', html) if "samples_grid" in source]

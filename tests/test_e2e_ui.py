@@ -233,8 +233,8 @@ def test_dvc_plots_draw_their_loss_curves_with_the_network_off(reproduced_repo: 
             page = context.new_page()
             page.on("request", lambda request: requested.append(request.url))
             page.goto(page_file.as_uri())
-            # both line plots of dvc.yaml (losses, discriminator outputs) drawn by vega into canvases
-            page.wait_for_function("document.querySelectorAll('.vega-embed canvas').length >= 2",
+            # the line plots of dvc.yaml (losses, discriminator outputs, FID by step) drawn by vega into canvases
+            page.wait_for_function("document.querySelectorAll('.vega-embed canvas').length >= 3",
                                    timeout=PAGE_TIMEOUT_MS)
             drawn = page.evaluate("""() => Array.from(document.querySelectorAll('.vega-embed canvas')).map(c => {
                 const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
