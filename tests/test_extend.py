@@ -21,7 +21,7 @@ def test_an_extended_run_ends_bit_identical_to_one_trained_from_scratch(tmp_path
 
     scratch = make_workspace(tmp_path / "scratch", **SCORED)
     direct = run_library(scratch, **SCORED, steps=16)
-    assert direct["resumed_from_step"] == 0 and direct["extends_mlflow_run_id"] is None
+    assert direct["resumed_from_step"] == 0 and direct["extends_mlflow_run_id"] == ""
     assert longer["weights_sha256"] == direct["weights_sha256"]
     assert_same_models(extended, scratch)
     for output in ("models/generator_best.pt", "metrics/losses.csv", "metrics/fid_by_step.csv"):

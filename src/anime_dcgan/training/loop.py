@@ -646,7 +646,7 @@ class _Training:
         summary = {
             "steps": steps,
             "resumed_from_step": self.start_step,
-            "extends_mlflow_run_id": extended["mlflow_run_id"] if extended else None,
+            "extends_mlflow_run_id": extended["mlflow_run_id"] if extended else "",
             "train_seconds": round(train_seconds, 2),  # the steps alone
             "fid_eval_seconds": round(self.eval_seconds, 2),
             "images_per_second": round(trained_steps * batch_size / train_seconds, 1) if train_seconds else 0.0,
