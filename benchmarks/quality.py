@@ -7,6 +7,12 @@ Recipes:
   pytorch_examples  pytorch/examples' DCGAN: arch dcgan, lr 0.0002, beta1 0.5, hard labels, no EMA
   diffaugment       default with `augment: diffaugment` (the paper's policy, every image D sees)
   diffaugment_mirror  and `mirror: true` (half the real images flipped)
+  default_best      the default training's best snapshot by FID during training (generator_best.pt)
+
+FID during training (eval_every, eval_samples as in params.yaml) scores snapshots against a
+*selection* half of the real images (a seeded permutation's first half); every recipe is also
+scored against the other, *held-out* half (heldout_fid), which no choice of snapshot has seen, so
+that default_best's figure is not flattered by having chosen on the images it is scored against.
 
 The EMA never feeds back into training (the networks, optimisers and noise are the same with or
 without it), so `article_no_ema` samples the raw generator of the `article` training, which is exactly
@@ -44,6 +50,8 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from anime_dcgan.data.fetch import fetch_source  # noqa: E402
 from anime_dcgan.data.preprocess import preprocess_images  # noqa: E402
+from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance  # noqa: E402
+from anime_dcgan.evaluation.inception import inception_features  # noqa: E402
 from anime_dcgan.evaluation.reference import compute_reference, load_reference, save_reference  # noqa: E402
 from anime_dcgan.evaluation.registry import EvalInputs, compute_metrics  # noqa: E402
 from anime_dcgan.params import Params, load_params  # noqa: E402
@@ -59,6 +67,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "pytorch_examples": ("pytorch_examples", "generator.pt"),
     "diffaugment": ("diffaugment", "generator_ema.pt"),
     "diffaugment_mirror": ("diffaugment_mirror", "generator_ema.pt"),
+    "default_best": ("default", "generator_best.pt"),
 }
 TRAININGS: dict[str, dict] = {  # parameters changed from params.yaml
     "default": {},
@@ -91,7 +100,22 @@ def real_reference(images_path: Path, work: Path, seed: int) -> dict:
     return load_reference(path)
 
 
-def run_training(name: str, base: dict, images_path: Path, work: Path) -> dict:
+def split_references(reference: dict, work: Path, seed: int) -> tuple[Path, dict]:
+    """The selection half (saved, for FID during training) and the held-out half of the real set,
+    both from the features already computed for all of it."""
+    order = np.random.default_rng(seed).permutation(len(reference["indices"]))
+    halves = []
+    for rows in (np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])):
+        features = reference["features"][rows]
+        mu, sigma = feature_statistics(features.astype(np.float64))
+        halves.append({**reference, "indices": reference["indices"][rows], "features": features, "mu": mu,
+                       "sigma": sigma})
+    path = work / "reference_selection.npz"
+    save_reference(path, halves[0])
+    return path, halves[1]
+
+
+def run_training(name: str, base: dict, images_path: Path, work: Path, selection: Path) -> dict:
     """Train one recipe's networks into work/<name>/ (the train stage's own code path), or reuse the
     models of an earlier invocation trained with the same parameters."""
     params = Params.model_validate({**base, **TRAININGS[name]})
@@ -103,13 +127,13 @@ def run_training(name: str, base: dict, images_path: Path, work: Path) -> dict:
         print(f"   reusing the trained models in {folder}", flush=True)
         return json.loads(outputs.summary_json.read_text())
     recipe.unlink(missing_ok=True)
-    summary = train(params, images_path, outputs, Tracker(folder), folder / "checkpoints")
+    summary = train(params, images_path, outputs, Tracker(folder), folder / "checkpoints", reference=selection)
     recipe.write_text(json.dumps(params.training_identity(), indent=2))
     return summary
 
 
-def score_recipe(name: str, training: dict, images_path: Path, reference: dict, n_samples: int, seed: int,
-                 work: Path) -> dict:
+def score_recipe(name: str, training: dict, images_path: Path, reference: dict, heldout: dict, n_samples: int,
+                 seed: int, work: Path) -> dict:
     run_name, generator_file = RECIPES[name]
     generator = load_model(work / run_name / "models" / generator_file)
     fake = generate_for_seeds(generator, range(n_samples))                   # (n, 3, 64, 64) uint8
@@ -118,20 +142,25 @@ def score_recipe(name: str, training: dict, images_path: Path, reference: dict, 
     metrics = compute_metrics(EvalInputs(fake_images=fake, real_features=reference["features"].astype(np.float64),
                                          real_images=real, real_mu=reference["mu"], real_sigma=reference["sigma"],
                                          seed=seed, progress=True), names=["fid", "kid", "swd"])
+    fake_features = inception_features(fake)  # again: cheap beside the training, and kept apart from the registry
+    heldout_fid = frechet_distance(*feature_statistics(fake_features), heldout["mu"], heldout["sigma"])
     return {"recipe": name, "training": run_name, "generator": generator_file, "overrides": TRAININGS[run_name],
             "train_seconds": training["train_seconds"], "images_per_second": training["images_per_second"],
-            "eval_seconds": round(time.perf_counter() - started, 1), **metrics}
+            "eval_seconds": round(time.perf_counter() - started, 1), "best_step": training["best_step"],
+            "heldout_fid": heldout_fid, **metrics}
 
 
 def markdown(results: list[dict], args: argparse.Namespace, n_real: int) -> str:
     fid_key = next(k for k in results[0] if k.startswith("fid_"))
     kid_key = next(k for k in results[0] if k.startswith("kid_") and not k.endswith("_std"))
-    lines = [f"| recipe | {fid_key} | {kid_key} | swd_mean | swd_64 | swd_32 | swd_16 | train s | images/s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| recipe | {fid_key} | FID vs held-out half | {kid_key} | swd_mean | swd_64 | swd_32 | swd_16 | "
+             "best step | train s | images/s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        lines.append(f"| {r['recipe']} | {r[fid_key]:.2f} | {r[kid_key]:.4f} | {r['swd_mean']:.1f} | "
-                     f"{r['swd_64']:.1f} | {r['swd_32']:.1f} | {r['swd_16']:.1f} | {r['train_seconds']:.0f} | "
-                     f"{r['images_per_second']:.0f} |")
+        best_step = r["best_step"] if r["generator"] == "generator_best.pt" else "-"
+        lines.append(f"| {r['recipe']} | {r[fid_key]:.2f} | {r['heldout_fid']:.2f} | {r[kid_key]:.4f} | "
+                     f"{r['swd_mean']:.1f} | {r['swd_64']:.1f} | {r['swd_32']:.1f} | {r['swd_16']:.1f} | "
+                     f"{best_step} | {r['train_seconds']:.0f} | {r['images_per_second']:.0f} |")
     default = next((r for r in results if r["recipe"] == "default"), None)
     if default is not None:
         for r in results:
@@ -163,15 +192,16 @@ def main(argv: list[str] | None = None) -> None:
     base = {**load_params(REPO_ROOT / "params.yaml").model_dump(), "steps": args.steps, "batch_size": args.batch_size}
     images_path = prepare_data(args.zip, args.work, base["seed"])
     reference = real_reference(images_path, args.work, base["seed"])
+    selection, heldout = split_references(reference, args.work, base["seed"])
     trainings = {}
     for run_name in dict.fromkeys(RECIPES[name][0] for name in args.recipes):
         print(f"== training {run_name}: {TRAININGS[run_name] or 'params.yaml as is'}", flush=True)
-        trainings[run_name] = run_training(run_name, base, images_path, args.work)
+        trainings[run_name] = run_training(run_name, base, images_path, args.work, selection)
     results = []
     for name in args.recipes:
         print(f"== scoring {name}: {RECIPES[name]}", flush=True)
-        results.append(score_recipe(name, trainings[RECIPES[name][0]], images_path, reference, args.samples,
-                                    base["seed"], args.work))
+        results.append(score_recipe(name, trainings[RECIPES[name][0]], images_path, reference, heldout,
+                                    args.samples, base["seed"], args.work))
         print(json.dumps(results[-1]), flush=True)
     report = markdown(results, args, len(reference["indices"]))
     print(report)

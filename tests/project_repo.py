@@ -27,10 +27,14 @@ PIPELINE_FILES = ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dv
 TINY_PARAMS: dict[str, Any] = {
     "data": {"synthetic_count": 96, "image_size": 32},
     "steps": 6, "batch_size": 8, "nz": 16, "ngf": 8, "ndf": 8, "log_every": 2, "sample_every": 2,
-    "checkpoint_every": 2, "eval_every": 3, "eval_samples": 8, "n_samples": 16, "fid_samples": 8,
+    "checkpoint_every": 2, "eval_every": 0, "eval_samples": 8, "n_samples": 16, "fid_samples": 8,
     "compile": False, "precision": "fp32",
     "device": "cpu",
 }
+
+# FID during training, off in TINY_PARAMS (each score costs more than the tiny steps between them):
+# on for the repositories whose plots, metrics and UI are checked
+FID_DURING_TRAINING: dict[str, Any] = {"eval_every": 3}
 
 
 def committed_params_text() -> str:
@@ -148,7 +152,7 @@ def project_repo(tmp_path: Path) -> ProjectRepo:
 
 @pytest.fixture(scope="session")
 def _reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> ProjectRepo:
-    repo = make_project_repo(tmp_path_factory.mktemp("template") / "repo")
+    repo = make_project_repo(tmp_path_factory.mktemp("template") / "repo", **FID_DURING_TRAINING)
     repo.dvc("repro")
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "dvc repro")

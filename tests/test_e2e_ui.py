@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from project_repo import PROJECT, ProjectRepo, make_project_repo
+from project_repo import FID_DURING_TRAINING, PROJECT, ProjectRepo, make_project_repo
 from servers import free_port, log_tail, start_in_session, stop_group, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright drives it instead of its own download
@@ -55,7 +55,7 @@ class UiServer:
 @pytest.fixture(scope="module")
 def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> ProjectRepo:
     """A tiny project whose download, preprocess, train and generate stages ran, logging to its store."""
-    repo = make_project_repo(tmp_path_factory.mktemp("ui") / "repo")
+    repo = make_project_repo(tmp_path_factory.mktemp("ui") / "repo", **FID_DURING_TRAINING)
     repo.dvc("repro", "generate")
     return repo
 

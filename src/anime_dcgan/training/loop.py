@@ -347,7 +347,8 @@ class _Training:
                      "anime_dcgan.extends_from_step": str(extended["steps"])}
         if state is not None:
             self._load_state(state)
-        if state is not None and state["mlflow_run_id"] != (extended or {}).get("mlflow_run_id"):  # a resume
+        resumed = state is not None and state["mlflow_run_id"] != (extended or {}).get("mlflow_run_id")
+        if resumed:
             tracker.mark_killed_if_running(state["mlflow_run_id"])
             tags |= {"anime_dcgan.resumed_from_step": str(self.start_step),
                      "anime_dcgan.resumed_from_run": state["mlflow_run_id"]}
@@ -362,7 +363,8 @@ class _Training:
                  else self.runtime.device.type)
         print(f"train: {len(self.dataset):,} images of {size}x{size} on {where}, "
               f"{self.runtime.precision}{', compiled' if self.runtime.compile else ''}; "
-              + (f"from step {self.start_step} to {steps}" if self.start_step else f"{steps} steps"))
+              + (f"resuming at step {self.start_step} of {steps}" if resumed
+                 else f"continuing from step {self.start_step} to {steps}" if self.start_step else f"{steps} steps"))
 
         with tracker.start_run(run_name(), tags) as run:
             self.tracker, self.mlflow_run = tracker, run
