@@ -145,10 +145,11 @@ def keep_finished(folder: Path, finished: Path, lineage_id: str, steps: int, mlf
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     final = _checkpoint_path(folder, steps)
-    os.replace(final, staging / final.name)
+    # moved, not renamed: the checkpoints may be on another filesystem (a mount of their own)
+    shutil.move(final, staging / final.name)
     for name in KEPT_WITH_STATE:
         if (folder / name).exists():
-            os.replace(folder / name, staging / name)
+            shutil.move(folder / name, staging / name)
     (staging / RUN_FILE).write_text(json.dumps({"mlflow_run_id": mlflow_run_id, "steps": steps}))
     shutil.rmtree(target, ignore_errors=True)  # the same run finished before (dvc repro -f)
     os.replace(staging, target)

@@ -386,7 +386,11 @@ class _Training:
                 seconds = self._steps()
                 digests = self._check_ranks_agree()
                 summary = self._export(outputs, seconds, digests)
-            keep_finished(run.run_id)  # the final state, for a longer run of the same lineage
+            try:
+                keep_finished(run.run_id)  # the final state, for a longer run of the same lineage
+            except OSError as exc:  # the models are out: only a later, longer run would miss it
+                print(f"train: WARNING: the final state was not kept for longer runs ({exc}); a longer run of "
+                      "these parameters will train from step 0")
             return summary
 
     def _log_augmentation_picture(self, run: Run) -> None:
