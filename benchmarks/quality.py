@@ -139,10 +139,11 @@ def score_recipe(name: str, training: dict, images_path: Path, reference: dict, 
     fake = generate_for_seeds(generator, range(n_samples))                   # (n, 3, 64, 64) uint8
     real = np.load(images_path, mmap_mode="r")
     started = time.perf_counter()
+    fake_features = inception_features(fake, progress=True)                 # (n, 2048): for both references
     metrics = compute_metrics(EvalInputs(fake_images=fake, real_features=reference["features"].astype(np.float64),
                                          real_images=real, real_mu=reference["mu"], real_sigma=reference["sigma"],
-                                         seed=seed, progress=True), names=["fid", "kid", "swd"])
-    fake_features = inception_features(fake)  # again: cheap beside the training, and kept apart from the registry
+                                         fake_features=fake_features, seed=seed, progress=True),
+                              names=["fid", "kid", "swd"])
     heldout_fid = frechet_distance(*feature_statistics(fake_features), heldout["mu"], heldout["sigma"])
     return {"recipe": name, "training": run_name, "generator": generator_file, "overrides": TRAININGS[run_name],
             "train_seconds": training["train_seconds"], "images_per_second": training["images_per_second"],
