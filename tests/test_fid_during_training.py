@@ -18,6 +18,7 @@ from test_train import (
 )
 
 from anime_dcgan.errors import PipelineError
+from anime_dcgan.evaluation.inception import _cached_inception
 from anime_dcgan.params import ParamsError, parse_params
 from anime_dcgan.training.fid_monitor import FidMonitor
 from anime_dcgan.training.networks import load_model
@@ -27,6 +28,7 @@ SCORED = {"eval_every": 4, "eval_samples": 8}
 
 def test_scores_by_step_land_in_metrics_and_mlflow_and_the_best_snapshot_is_kept(tmp_path):
     root = make_workspace(tmp_path / "scored", **SCORED)
+    _cached_inception.cache_clear()  # loaded midway through the training, as in a stage of its own
     summary = run_library(root, **SCORED)
 
     scores = pd.read_csv(root / "metrics/fid_by_step.csv")

@@ -88,6 +88,13 @@ def test_features_do_not_depend_on_batching_or_source(pattern_features, tmp_path
         assert np.allclose(inception_features(patterns, "cpu"), one_batch, atol=1e-4)
 
 
+def test_loading_the_network_draws_no_random_numbers():
+    # a training that scores FID loads it midway: its own random stream must not move
+    before = torch.get_rng_state()
+    load_inception()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_bad_images_are_rejected():
     with pytest.raises(ValueError, match="uint8"):
         inception_features(np.zeros((1, 3, 8, 8), np.float32))

@@ -126,8 +126,10 @@ class _ConvReLU(nn.Module):
         weight = scripted.weight.double()                               # (C', C, kh, kw)
         scale = (scripted.var.double() + BATCHNORM_EPS).rsqrt()          # (C',)
         padding = scripted.padding if isinstance(scripted.padding, list) else [scripted.padding] * 2
-        self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), scripted.stride,
-                              tuple(padding), bias=True)
+        # skip_init: a random initialisation would draw from the global RNG, and a training that
+        # scores FID (loading this network midway) must draw exactly what one without it draws
+        self.conv = nn.utils.skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], tuple(weight.shape[2:]),
+                                       scripted.stride, tuple(padding), bias=True)
         with torch.no_grad():
             self.conv.weight.copy_(weight * scale[:, None, None, None])
             self.conv.bias.copy_(scripted.beta.double() - scripted.mean.double() * scale)
