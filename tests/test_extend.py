@@ -7,6 +7,7 @@ import pandas as pd
 from test_train import assert_same_models, client, make_workspace, run_library
 
 from anime_dcgan.training import checkpoint as ckpt
+from anime_dcgan.training import loop
 
 SCORED = {"eval_every": 4, "eval_samples": 8}
 
@@ -39,6 +40,16 @@ def test_an_extended_run_ends_bit_identical_to_one_trained_from_scratch(tmp_path
     assert [m.step for m in runs.get_metric_history(run.info.run_id, "loss_g")] == list(range(2, 17, 2))
     finished = sorted(p.name.rpartition("-")[2] for p in (extended / ".cache/finished_runs").iterdir())
     assert finished == ["0000008", "0000016"]
+
+
+def test_a_collapse_warning_survives_into_the_extended_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "COLLAPSE_DIVERSITY", float("inf"))  # every grid after step 0 looks collapsed
+    extended = make_workspace(tmp_path / "extended")
+    assert run_library(extended, steps=8)["collapse_warning"].startswith("step 4: ")
+    longer = run_library(extended, steps=12)
+    assert longer["resumed_from_step"] == 8
+    direct = run_library(make_workspace(tmp_path / "scratch"), steps=12)
+    assert longer["collapse_warning"] == direct["collapse_warning"] != ""  # the first warning, at step 4
 
 
 def test_only_a_shorter_run_of_the_same_lineage_ending_on_a_logging_step_is_continued(tmp_path):

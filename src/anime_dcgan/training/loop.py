@@ -423,6 +423,7 @@ class _Training:
         self.start_step, self.history = state["step"], state["history"]
         self.interval.count = state["interval_count"]
         self.fid_history, self.best = state["fid_history"], BestSnapshot.from_state(state["best"])
+        self.collapse_warning = state.get("collapse_warning", "")  # absent from checkpoints of older versions
 
     def _prepare_step(self) -> str:
         """Set the networks' view for the steps (networks_for_steps). A compiled step of one process is
@@ -622,6 +623,7 @@ class _Training:
             "history": self.history, "interval_total": self.interval.total.cpu(),
             "interval_count": self.interval.count, "mlflow_run_id": self.mlflow_run.run_id,
             "fid_history": self.fid_history, "best": self.best.state() if self.best else None,
+            "collapse_warning": self.collapse_warning,
             **({"ranks": ranks} if self.ranks.distributed else {}),
         })
 
