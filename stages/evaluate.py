@@ -11,7 +11,7 @@ from anime_dcgan import paths
 from anime_dcgan.device import pick_device
 from anime_dcgan.evaluation.evaluate import EvaluationInputs, evaluate
 from anime_dcgan.evaluation.full_fid import METRIC as FULL_FID
-from anime_dcgan.evaluation.full_fid import fid_full
+from anime_dcgan.evaluation.full_fid import fid_full, require_full_statistics
 from anime_dcgan.evaluation.reference import load_reference, reference_digest
 from anime_dcgan.params import load_params
 from anime_dcgan.serving import MODEL_NAME
@@ -26,6 +26,9 @@ MODEL_NAMES = {"ema": MODEL_NAME, "raw": f"{MODEL_NAME}_raw", "best": f"{MODEL_N
 
 def main() -> None:
     params = load_params()
+    reference = load_reference(paths.REFERENCE_INCEPTION)
+    if params.fid_50k_full:
+        require_full_statistics(reference)  # before the other metrics' minutes, not after them
     train_summary = json.loads(paths.TRAIN_JSON.read_text())
     inputs = EvaluationInputs(
         samples=paths.SAMPLES_NPY, real_images=paths.PROCESSED_IMAGES, manifest=paths.MANIFEST,
@@ -39,7 +42,6 @@ def main() -> None:
     device = pick_device(params.device)
     results = evaluate(inputs, paths.REPORT_DIR, params.fid_samples, params.seed, device, header)
     generator_file = paths.GENERATOR_FILES[params.sample_source]
-    reference = load_reference(paths.REFERENCE_INCEPTION)
     if params.fid_50k_full:
         print("evaluate: fid_50k_full: 50,000 generated images against every real image")
         results[FULL_FID] = fid_full(load_model(generator_file, device), reference, device)

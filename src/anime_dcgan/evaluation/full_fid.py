@@ -24,13 +24,18 @@ METRIC = "fid_50k_full"
 CHUNK = 1000  # generated images featurised at a time
 
 
+def require_full_statistics(reference: dict[str, Any]) -> None:
+    """Refuse a reference computed without full=True (the evaluate stage asks before its other metrics)."""
+    if "full_mu" not in reference:
+        raise PipelineError("the reference statistics hold none of every real image; rerun the fid_reference "
+                            "stage with fid_50k_full: true (dvc repro)")
+
+
 def fid_full(generator: Generator, reference: dict[str, Any], device: str | torch.device,
              samples: int = FULL_SAMPLES) -> float:
     """FID of `samples` images of an eval-mode generator (seeds 0..samples-1) against the full-set
     statistics of a reference (one computed with full=True)."""
-    if "full_mu" not in reference:
-        raise PipelineError("the reference statistics hold none of every real image; rerun the fid_reference "
-                            "stage with fid_50k_full: true (dvc repro)")
+    require_full_statistics(reference)
     statistics = RunningStatistics(FEATURE_DIM)
     for start in range(0, samples, CHUNK):
         images = generate_for_seeds(generator, range(start, min(start + CHUNK, samples)))  # uint8 (n, 3, S, S)
