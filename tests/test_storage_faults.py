@@ -118,6 +118,22 @@ def test_a_disk_full_when_writing_the_models_keeps_the_final_checkpoint(tmp_path
     assert_same_models(root, reference)
 
 
+def test_a_finished_run_whose_state_cannot_be_kept_warns_and_keeps_its_models(tmp_path, tmpfs):
+    root = make_workspace(tmp_path / "kept", **SETTINGS)
+    tmpfs(root / ".cache" / ckpt.FINISHED_DIR, PAGE, read_only=True)
+    status, out, err = finished(root)
+    assert status == 0, err
+    [warning] = [line for line in out.splitlines() if "WARNING" in line]
+    assert warning.startswith("train: WARNING: the final state was not kept for longer runs (")
+    assert "Read-only file system" in warning and "will train from step 0" in warning
+    assert "Traceback" not in err
+    assert (root / "models/generator_ema.pt").is_file() and (root / "metrics/train.json").is_file()
+    [run] = client(root).search_runs(["1"])
+    assert run.info.status == "FINISHED"
+    # the run's own checkpoints stay where they were: a rerun of the same run resumes at its end
+    assert ckpt.load_checkpoint(next((root / ".cache/checkpoints").iterdir()))["step"] == 12
+
+
 def test_a_read_only_repository_fails_in_one_line(tmp_path, tmpfs):
     root = tmp_path / "ro"
     tmpfs(root, 16 << 20)
