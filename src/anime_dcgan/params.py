@@ -138,13 +138,13 @@ MIN_FID_SAMPLES = 4
 class LoopParams(_Strict):
     """The loop around the step (training/loop.py)."""
 
-    steps: Int = Field(1000, ge=1)
-    log_every: Int = Field(25, ge=1)
-    sample_every: Int = Field(100, ge=1)
-    checkpoint_every: Int = Field(250, ge=1)
+    steps: Int = Field(200, ge=1)
+    log_every: Int = Field(10, ge=1)
+    sample_every: Int = Field(25, ge=1)
+    checkpoint_every: Int = Field(100, ge=1)
     # FID during training (training/fid_monitor.py): every eval_every steps (0 = never), of eval_samples images
-    eval_every: Int = Field(250, ge=0)
-    eval_samples: Int = Field(500, ge=MIN_FID_SAMPLES)
+    eval_every: Int = Field(50, ge=0)
+    eval_samples: Int = Field(250, ge=MIN_FID_SAMPLES)
 
 
 def _devices(value: Any) -> int | str:
