@@ -3,11 +3,16 @@
 For each device (CPU, and CUDA when present), times ``inception_features`` on real 64x64 images: the
 published TorchScript network at batch 64 (the library's path before the folded network), the
 library's folded eager network at several batch sizes, and the folded network under bf16 autocast
-(for information: the library is fp32 only). Variants alternate within each round; one batch is run
-first and not timed (TorchScript optimises on its first calls).
+(for information: the library is fp32 only; timed only where the device runs bf16 natively).
+Variants alternate within each round; one batch is run first and not timed (TorchScript optimises
+on its first calls).
 
 Then, on real images, what the folded network and bf16 change against the published network: the
 largest feature difference, FID(half A, half B) with each, and FID between the feature sets.
+
+``--conv-limit`` also measures the machine's convolution limit for this network: every distinct
+convolution of the folded network, at the library's batch size, timed alone (fp32, channels_last,
+inference), the best GFLOP/s among them; the folded network's own GFLOP/s is given as a fraction of it.
 
 ``--metric-costs`` also times the other metrics at the evaluate stage's default size (1,000
 generated images against a 5,000-image reference), on random features and the real images.
@@ -15,7 +20,7 @@ generated images against a 5,000-image reference), on random features and the re
 Real images: the shared sample of real anime faces (benchmarks/common.py) when present, else
 data/processed/images.npy.
 
-    .venv/bin/python benchmarks/inception_throughput.py [--images 128] [--repeats 3] [--fid-images 500] [--metric-costs]
+    .venv/bin/python benchmarks/inception_throughput.py [--images 128] [--repeats 3] [--fid-images 500] [--conv-limit] [--metric-costs]
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from common import REPO_ROOT, sample_zip  # beside this script
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
+from anime_dcgan.device import supports_bf16
 from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim
 from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance, kernel_inception_distance
-from anime_dcgan.evaluation.inception import FIDInceptionV3, inception_features, load_inception
+from anime_dcgan.evaluation.inception import CPU_BATCH, GPU_BATCH, FIDInceptionV3, inception_features, load_inception
 from anime_dcgan.evaluation.memorization import memorization
 from anime_dcgan.evaluation.precision_recall import precision_recall
 from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
@@ -72,6 +80,11 @@ VARIANTS = [("published TorchScript", "published", 64), *((f"folded, batch {b}",
             ("folded bf16, batch 8", "bf16", 8)]
 
 
+def variants(device: torch.device) -> list[tuple[str, str, int]]:
+    """VARIANTS, less bf16 where the device has no native bf16: emulated, it only measures the emulation."""
+    return [v for v in VARIANTS if v[1] != "bf16" or supports_bf16(device)]
+
+
 def extractor(device: torch.device, network: str) -> FIDInceptionV3:
     model = load_inception(device, folded=network != "published")
     return Bf16Inception(model.network) if network == "bf16" else model
@@ -89,25 +102,70 @@ def throughput(images: np.ndarray, device: torch.device, model: FIDInceptionV3, 
     return len(images) / (time.perf_counter() - wall), len(images) / (time.process_time() - cpu)
 
 
-def throughput_table(images: np.ndarray, devices: list[torch.device], repeats: int) -> None:
+def throughput_table(images: np.ndarray, devices: list[torch.device], repeats: int) -> dict[str, float]:
     """Every variant once per round, rounds repeated; each keeps its best round, so a slow spell of a
-    shared machine reaches all variants alike."""
+    shared machine reaches all variants alike. Returns each device's img/s of the library's own
+    network at its own batch size."""
     print(f"\nimg/s over {len(images)} images, best of {repeats} alternating rounds "
           "(img per CPU-second of that round in brackets)")
     print("| device | network | batch | img/s | x published |")
     print("| --- | --- | ---: | ---: | ---: |")
+    library_rates = {}
     for device in devices:
-        models = {network: extractor(device, network) for network in {v[1] for v in VARIANTS}}
+        models = {network: extractor(device, network) for network in {v[1] for v in variants(device)}}
         best: dict[str, tuple[float, float]] = {}
         for _ in range(repeats):
-            for label, network, batch_size in VARIANTS:
+            for label, network, batch_size in variants(device):
                 rate = throughput(images, device, models[network], batch_size)
                 best[label] = max(best.get(label, (0.0, 0.0)), rate)
         published = best[VARIANTS[0][0]][0]
-        for label, _, batch_size in VARIANTS:
+        for label, _, batch_size in variants(device):
             wall, cpu = best[label]
             print(f"| {device.type} | {label} | {batch_size} | {wall:.1f} ({cpu:.1f}) | {wall / published:.2f} |",
                   flush=True)
+        library_rates[device.type] = best[f"folded, batch {library_batch(device)}"][0]
+    return library_rates
+
+
+def library_batch(device: torch.device) -> int:
+    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
+
+
+def convolution_limit(device: torch.device, repeats: int = 3) -> tuple[float, float]:
+    """(the best GFLOP/s among the folded network's distinct convolutions, each timed alone at the
+    library's batch size; the network's GFLOP per image). 2 FLOPs per multiply-add."""
+    network = extractor(device, "folded")
+    batch = torch.zeros(library_batch(device), 3, 64, 64, dtype=torch.uint8, device=device)
+    shapes = set()  # (input shape, weight shape, stride, padding) of every convolution the network runs
+    hooks = [module.register_forward_hook(lambda m, inputs, _: shapes.add(
+                 (tuple(inputs[0].shape), tuple(m.weight.shape), m.stride, m.padding)))
+             for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        pixels = network.prepare(batch)  # (B, 3, 299, 299); the resize is not the network's
+        with FlopCounterMode(display=False) as counter:
+            network.network(pixels)      # -> (B, 2048)
+    for hook in hooks:
+        hook.remove()
+    best = 0.0
+    with torch.inference_mode():
+        for input_shape, weight_shape, stride, padding in sorted(shapes):
+            x, weight = (torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+                         for shape in (input_shape, weight_shape))
+            bias = torch.randn(weight_shape[0], device=device)
+            output = F.conv2d(x, weight, bias, stride, padding)  # the first call picks the kernel, untimed
+            flops = 2 * output.numel() * torch.Size(weight_shape[1:]).numel()
+            for _ in range(repeats):
+                synchronise(device)
+                started = time.perf_counter()
+                F.conv2d(x, weight, bias, stride, padding)
+                synchronise(device)
+                best = max(best, flops / (time.perf_counter() - started) / 1e9)
+    return best, counter.get_total_flops() / len(batch) / 1e9
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fid_of_halves(features: np.ndarray) -> float:
@@ -121,7 +179,7 @@ def agreement(images: np.ndarray, device: torch.device) -> None:
     reference_fid = fid_of_halves(published)
     print(f"\n{len(images)} real images on {device.type}; FID(half A, half B) with the published network "
           f"{reference_fid:.4f}")
-    for network in ("folded", "bf16"):
+    for network in ("folded", "bf16") if supports_bf16(device) else ("folded",):
         features = inception_features(images, device, model=extractor(device, network))
         relative = np.abs(features - published).max() / np.abs(published).max()
         fid = fid_of_halves(features)
@@ -160,6 +218,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; each variant keeps its best")
     parser.add_argument("--fid-images", type=int, default=500,
                         help="real images for the folded and bf16 agreement check (0: skip)")
+    parser.add_argument("--conv-limit", action="store_true",
+                        help="also measure the convolution limit and the folded network's fraction of it")
     parser.add_argument("--metric-costs", action="store_true", help="also time the other metrics")
     args = parser.parse_args()
 
@@ -169,7 +229,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} CPU threads, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'}; images from {origin}")
-    throughput_table(images[:args.images], devices, args.repeats)
+    library_rates = throughput_table(images[:args.images], devices, args.repeats)
+    for device in devices if args.conv_limit else ():
+        limit, gflop_per_image = convolution_limit(device)
+        achieved = library_rates[device.type] * gflop_per_image
+        print(f"\n{device.type}: the network does {gflop_per_image:.2f} GFLOP per image; its convolutions' limit here "
+              f"(the best alone, batch {library_batch(device)}) is {limit:.1f} GFLOP/s; the folded network ran at "
+              f"{achieved:.1f} GFLOP/s, {achieved / limit:.0%} of it", flush=True)
     if args.fid_images:
         for device in devices:
             agreement(images[:args.fid_images], device)
