@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import REPO_ROOT, sample_zip  # beside this script
+from conv_limit import synchronise
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -161,11 +162,6 @@ def convolution_limit(device: torch.device, repeats: int = 3) -> tuple[float, fl
                 synchronise(device)
                 best = max(best, flops / (time.perf_counter() - started) / 1e9)
     return best, counter.get_total_flops() / len(batch) / 1e9
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fid_of_halves(features: np.ndarray) -> float:

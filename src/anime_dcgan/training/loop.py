@@ -423,7 +423,7 @@ class _Training:
         self.start_step, self.history = state["step"], state["history"]
         self.interval.count = state["interval_count"]
         self.fid_history, self.best = state["fid_history"], BestSnapshot.from_state(state["best"])
-        self.collapse_warning = state.get("collapse_warning", "")  # absent from checkpoints of older versions
+        self.collapse_warning = state["collapse_warning"]
 
     def _prepare_step(self) -> str:
         """Set the networks' view for the steps (networks_for_steps). A compiled step of one process is
