@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from anime_dcgan.device import supports_bf16
 from anime_dcgan.evaluation.diversity import mean_pairwise_ms_ssim
 from anime_dcgan.evaluation.fid import feature_statistics, frechet_distance, kernel_inception_distance
-from anime_dcgan.evaluation.inception import CPU_BATCH, GPU_BATCH, FIDInceptionV3, inception_features, load_inception
+from anime_dcgan.evaluation.inception import FIDInceptionV3, default_batch_size, inception_features, load_inception
 from anime_dcgan.evaluation.memorization import memorization
 from anime_dcgan.evaluation.precision_recall import precision_recall
 from anime_dcgan.evaluation.swd import sliced_wasserstein_distance
@@ -124,19 +124,15 @@ def throughput_table(images: np.ndarray, devices: list[torch.device], repeats: i
             wall, cpu = best[label]
             print(f"| {device.type} | {label} | {batch_size} | {wall:.1f} ({cpu:.1f}) | {wall / published:.2f} |",
                   flush=True)
-        library_rates[device.type] = best[f"folded, batch {library_batch(device)}"][0]
+        library_rates[device.type] = best[f"folded, batch {default_batch_size(device)}"][0]
     return library_rates
-
-
-def library_batch(device: torch.device) -> int:
-    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
 
 
 def convolution_limit(device: torch.device, repeats: int = 3) -> tuple[float, float]:
     """(the best GFLOP/s among the folded network's distinct convolutions, each timed alone at the
     library's batch size; the network's GFLOP per image). 2 FLOPs per multiply-add."""
     network = extractor(device, "folded")
-    batch = torch.zeros(library_batch(device), 3, 64, 64, dtype=torch.uint8, device=device)
+    batch = torch.zeros(default_batch_size(device), 3, 64, 64, dtype=torch.uint8, device=device)
     shapes = set()  # (input shape, weight shape, stride, padding) of every convolution the network runs
     hooks = [module.register_forward_hook(lambda m, inputs, _: shapes.add(
                  (tuple(inputs[0].shape), tuple(m.weight.shape), m.stride, m.padding)))
@@ -230,7 +226,7 @@ def main() -> None:
         limit, gflop_per_image = convolution_limit(device)
         achieved = library_rates[device.type] * gflop_per_image
         print(f"\n{device.type}: the network does {gflop_per_image:.2f} GFLOP per image; its convolutions' limit here "
-              f"(the best alone, batch {library_batch(device)}) is {limit:.1f} GFLOP/s; the folded network ran at "
+              f"(the best alone, batch {default_batch_size(device)}) is {limit:.1f} GFLOP/s; the folded network ran at "
               f"{achieved:.1f} GFLOP/s, {achieved / limit:.0%} of it", flush=True)
     if args.fid_images:
         for device in devices:

@@ -4,12 +4,12 @@ evaluate stage before any other metric)."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from project_repo import PROJECT, committed_params_text
 
 from anime_dcgan.errors import PipelineError
 from anime_dcgan.evaluation import full_fid
@@ -66,13 +66,12 @@ def test_fid_full_streams_the_generated_images_and_needs_a_full_reference(images
 
 
 def test_the_evaluate_stage_refuses_a_reference_without_full_statistics_before_any_other_work(images, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = yaml.safe_load(committed_params_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "fid_50k_full": True}))
     (tmp_path / "reference").mkdir()
     save_reference(tmp_path / "reference/inception.npz", compute_reference(images, 8, seed=0))
     # no metrics/train.json, samples or models: reaching any of them would fail with another message
-    result = subprocess.run([sys.executable, str(repo / "stages/evaluate.py")], cwd=tmp_path,
+    result = subprocess.run([sys.executable, str(PROJECT / "stages/evaluate.py")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (

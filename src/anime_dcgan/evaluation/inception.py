@@ -117,6 +117,10 @@ BATCHNORM_EPS = 0.001  # the TF graph's, as the TorchScript file's batch_norm ca
 CPU_BATCH, GPU_BATCH = 8, 64
 
 
+def default_batch_size(device: torch.device) -> int:
+    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
+
+
 class _ConvReLU(nn.Module):
     """One of the file's Conv2dLayer modules (conv, batch norm without scale, ReLU) with the batch
     norm folded into the convolution's weight and bias."""
@@ -262,7 +266,7 @@ def inception_features(images: np.ndarray | torch.Tensor, device: str | torch.de
     images = as_uint8_images(images)
     device = torch.device(device)
     if batch_size is None:
-        batch_size = CPU_BATCH if device.type == "cpu" else GPU_BATCH
+        batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rows = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
