@@ -48,12 +48,32 @@ def running_runs(folder: Path) -> list[str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def no_mlflow_run_left_running(tmp_path: Path):
+    """Whatever a test killed, cut or locked, no MLflow run is left RUNNING in the stores it made."""
+    yield
+    left = running_runs(tmp_path)
+    assert not left, "MLflow runs left RUNNING by this test: " + ", ".join(left)
+
+
+RUNS_LEFT_RUNNING = pytest.StashKey[list]()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # whatever the tests killed, cut or locked, no MLflow run may be left RUNNING in their stores
+    # the same for the stores of fixtures shared by several tests (tmp_path_factory)
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None or getattr(session.config, "workerinput", None) is not None:
         return
     left = running_runs(factory.getbasetemp())
     if left:
-        print("\nMLflow runs left RUNNING by the tests:\n  " + "\n  ".join(left))
+        session.config.stash[RUNS_LEFT_RUNNING] = left
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    # printed beside the short test summary, so that the end of a CI log shows why the run failed
+    left = config.stash.get(RUNS_LEFT_RUNNING, [])
+    if left:
+        terminalreporter.section("MLflow runs left RUNNING by the tests", red=True)
+        for line in left:
+            terminalreporter.line(line)

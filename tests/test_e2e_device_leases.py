@@ -15,6 +15,7 @@ from project_repo import ProjectRepo, make_project_repo
 from servers import log_tail, signal_group, start_in_session, stop_group, stopped_on_failure, wait_until
 
 from anime_dcgan.leases import GPU_COUNT_ENV, LEASE_DIR_ENV
+from anime_dcgan.tracking import Tracker
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +93,6 @@ def test_concurrent_cpu_trainings_split_the_cores_and_take_them_back(tmp_path: P
                    first, logs[0])
     finally:
         stop_group(first)
+    # the killed training's run, if it had started one, is ended by the next stage opening its store
+    tracker = Tracker(repos[1].root)
+    assert {run.info.status for run in tracker.client.search_runs([tracker.experiment_id])} <= {"KILLED"}
