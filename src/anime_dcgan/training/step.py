@@ -47,6 +47,11 @@ def build_gan(model: ModelConfig, config: OptimParams, device: torch.device) -> 
     """Networks in channels_last (faster convolutions on CPU and tensor cores) and their optimisers."""
     generator = Generator(model).to(device, memory_format=torch.channels_last)
     discriminator = Discriminator(model).to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        # the first layer's weight (nz, C, 4, 4) meets a (B, nz, 1, 1) input: cuDNN returns its gradient
+        # in NCHW whatever the weight's layout, and the compiled step's graph would expect channels_last
+        latent = generator.net[0].weight
+        latent.data = latent.data.contiguous()
     ema = copy.deepcopy(generator).requires_grad_(False)
     # fused Adam: the whole update in a few kernels on CUDA, one vectorised loop on the CPU
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
