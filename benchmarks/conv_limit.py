@@ -1,6 +1,10 @@
 """The machine's convolution limit: the best GFLOP/s among the training networks' (arch dcgan) own
 convolutions, each timed alone, forward + backward (data and weight gradients), at the run's batch
 size and precision, on channels_last tensors as the training step holds them.
+
+Also the step's ceiling (`step_convolution_bound`): the GFLOP/s of one training step if each of its
+convolution passes ran at its own speed timed alone and nothing else took any time. No step of these
+kernels can reach a larger share of the limit.
     .venv/bin/python benchmarks/conv_limit.py [--batch-size 128] [--precision auto] [--device auto]
 """
 
@@ -26,6 +30,16 @@ class Convolution:
     output_shape: tuple[int, ...]   # (B, C_out, H', W')
     stride: int
     padding: int
+    network: str = "discriminator"  # or "generator"
+    first: bool = False             # the network's first layer: its input (z, an image) needs no gradient of its own
+
+
+# how often one training step (training/step.py) runs each pass of a layer, per network:
+# (forward, data gradient, data gradient of the first layer, weight gradient). G runs forward once
+# (D's fake update and G's update share the fake batch) and backward in G's update; D runs forward on
+# the real batch, the fake batch and in G's update, its weight gradients in its own two updates, and
+# its data gradients in all three (in its own updates the first layer's input is data, no gradient)
+STEP_PASSES = {"generator": (1, 1, 0, 1), "discriminator": (3, 3, 1, 2)}
 
 
 def convolution_shapes(model: ModelConfig, batch_size: int) -> list[Convolution]:
@@ -33,21 +47,39 @@ def convolution_shapes(model: ModelConfig, batch_size: int) -> list[Convolution]
     found = []
     x = torch.zeros(1, model.nz, 1, 1)                                         # z: (1, nz, 1, 1)
     with torch.no_grad():
-        for layer in [*Generator(model).net, *Discriminator(model).net]:       # G's image goes on into D
-            out = layer(x)
-            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-                found.append(Convolution(isinstance(layer, nn.ConvTranspose2d), (batch_size, *x.shape[1:]),
-                                         tuple(layer.weight.shape), (batch_size, *out.shape[1:]),
-                                         layer.stride[0], layer.padding[0]))
-            x = out
+        for network in (Generator(model), Discriminator(model)):               # G's image goes on into D
+            convolutions = [m for m in network.net if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+            for layer in network.net:
+                out = layer(x)
+                if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                    found.append(Convolution(isinstance(layer, nn.ConvTranspose2d), (batch_size, *x.shape[1:]),
+                                             tuple(layer.weight.shape), (batch_size, *out.shape[1:]),
+                                             layer.stride[0], layer.padding[0],
+                                             type(network).__name__.lower(), layer is convolutions[0]))
+                x = out
     return list(dict.fromkeys(found))
 
 
-def forward_backward_flops(conv: Convolution) -> int:
-    """2 FLOPs per multiply-add; each gradient takes as many as the forward, in which every pixel of the
-    smaller map (a convolution's output, a transposed one's input) meets the whole kernel."""
+def forward_flops(conv: Convolution) -> int:
+    """2 FLOPs per multiply-add; every pixel of the smaller map (a convolution's output, a transposed
+    one's input) meets the whole kernel. Each gradient takes as many."""
     batch, _, height, width = conv.input_shape if conv.transposed else conv.output_shape
-    return 3 * 2 * batch * height * width * torch.Size(conv.weight_shape).numel()
+    return 2 * batch * height * width * torch.Size(conv.weight_shape).numel()
+
+
+def forward_backward_flops(conv: Convolution) -> int:
+    return 3 * forward_flops(conv)
+
+
+def step_passes(conv: Convolution) -> tuple[int, int, int]:
+    """(forward, data gradient, weight gradient) passes of `conv` in one training step."""
+    forward, data, first_data, weight = STEP_PASSES[conv.network]
+    return forward, first_data if conv.first else data, weight
+
+
+def step_convolution_flops(model: ModelConfig, batch_size: int) -> int:
+    """FLOPs of every convolution pass of one training step."""
+    return sum(forward_flops(conv) * sum(step_passes(conv)) for conv in convolution_shapes(model, batch_size))
 
 
 def synchronise(device: torch.device) -> None:
@@ -77,6 +109,44 @@ def convolution_rates(model: ModelConfig, batch_size: int, dtype: torch.dtype, d
     return rates
 
 
+def pass_seconds(conv: Convolution, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> tuple[float, float, float]:
+    """Seconds of `conv`'s forward, data gradient and weight gradient, each timed alone (best of `repeats`)."""
+    def tensor(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    x, weight, grad_out = tensor(conv.input_shape), tensor(conv.weight_shape), tensor(conv.output_shape)
+    stride, padding = [conv.stride] * 2, [conv.padding] * 2
+    op = F.conv_transpose2d if conv.transposed else F.conv2d
+
+    def backward(mask: list[bool]) -> None:
+        torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, [1, 1], conv.transposed,
+                                            [0, 0], 1, mask)
+
+    passes = (lambda: op(x, weight, stride=conv.stride, padding=conv.padding),
+              lambda: backward([True, False, False]), lambda: backward([False, True, False]))
+    best = []
+    for run in passes:
+        seconds = []
+        for _ in range(repeats + 1):  # the first call, untimed, picks the kernel
+            synchronise(device)
+            started = time.perf_counter()
+            run()
+            synchronise(device)
+            seconds.append(time.perf_counter() - started)
+        best.append(min(seconds[1:]))
+    return best[0], best[1], best[2]
+
+
+def step_convolution_bound(model: ModelConfig, batch_size: int, dtype: torch.dtype, device: torch.device,
+                           repeats: int = 3) -> float:
+    """GFLOP/s of one training step if each of its convolution passes ran at its speed alone and
+    nothing else (normalisation, activations, losses, optimisers) took any time."""
+    seconds = sum(count * pass_time
+                  for conv in convolution_shapes(model, batch_size)
+                  for count, pass_time in zip(step_passes(conv), pass_seconds(conv, dtype, device, repeats)))
+    return step_convolution_flops(model, batch_size) / seconds / 1e9
+
+
 def conv_limit(model: ModelConfig, batch_size: int, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
     """The machine's convolution limit, in GFLOP/s."""
     return max(convolution_rates(model, batch_size, dtype, device, repeats).values())
@@ -89,7 +159,11 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
     runtime = pick_runtime(args.device, args.precision, False)
-    rates = convolution_rates(ModelConfig("dcgan"), args.batch_size, runtime.autocast_dtype or torch.float32,
-                              runtime.device)
+    dtype = runtime.autocast_dtype or torch.float32
+    rates = convolution_rates(ModelConfig("dcgan"), args.batch_size, dtype, runtime.device)
     print("\n".join(f"{rate:5.0f} GFLOP/s  {conv}" for conv, rate in rates.items()))
-    print(f"limit ({runtime.device.type}, {runtime.precision}): {max(rates.values()):.0f} GFLOP/s")
+    limit = max(rates.values())
+    bound = step_convolution_bound(ModelConfig("dcgan"), args.batch_size, dtype, runtime.device)
+    print(f"limit ({runtime.device.type}, {runtime.precision}): {limit:.0f} GFLOP/s; a training step whose "
+          f"convolutions ran as fast as each does alone, with nothing else taking time: {bound:.0f} GFLOP/s, "
+          f"{bound / limit:.0%} of the limit")

@@ -10,7 +10,8 @@ the precision and CPU kernels the stage's calibration (training/calibration.py) 
 
 Images: the real sample (benchmarks/common.py) when present, else synthetic faces. Every run is a
 fresh child process; the sides alternate round after round and each keeps its best round; warm-up
-steps are not timed. --conv-limit: the project's step as a share of benchmarks/conv_limit.py's limit.
+steps are not timed. --conv-limit: the project's step as a share of benchmarks/conv_limit.py's
+limit, beside the step's ceiling (its convolutions at their speeds alone, nothing else taking time).
 
     .venv/bin/python benchmarks/train_throughput.py --conv-limit --json-out results.json
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 from common import REPO_ROOT, SAMPLE_ENV, sample_zip  # beside this script
-from conv_limit import conv_limit, synchronise
+from conv_limit import conv_limit, step_convolution_bound, synchronise
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -197,6 +198,7 @@ def main() -> None:
         tune_cpu_allocator()  # for the limit probe here: the project's step runs with it
     rounds: dict[str, list[float]] = {side: [] for side in SIDES}
     limits: list[float] = []
+    bounds: list[float] = []  # the step's ceiling: its convolutions at their speeds alone, nothing else
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as temp:
         raw, images_npy, source, n_images = prepare_images(Path(temp))
         print(f"images: {source}; {n_images:,} kept by preprocess for the project", flush=True)
@@ -213,7 +215,9 @@ def main() -> None:
                 rounds[side].append(measure(side, spec))
                 print(f"round {round_number}/{args.repeats}: {side} {rounds[side][-1]:.1f} images/s", flush=True)
             if args.conv_limit:
-                limits.append(conv_limit(MODEL, args.batch_size, runtime.autocast_dtype or torch.float32, runtime.device))
+                dtype = runtime.autocast_dtype or torch.float32
+                limits.append(conv_limit(MODEL, args.batch_size, dtype, runtime.device))
+                bounds.append(step_convolution_bound(MODEL, args.batch_size, dtype, runtime.device))
     best = {side: max(rates) for side, rates in rounds.items()}
     report = {
         "command": shlex.join([sys.executable, *sys.argv]), "cpu": cpu_model(), "torch": torch.__version__,
@@ -234,9 +238,13 @@ def main() -> None:
         gflop_per_image = project_flops_per_image(args.batch_size, runtime) / 1e9
         report |= {"conv_limit_gflops": max(limits), "project_gflop_per_image": gflop_per_image,
                    "project_gflops": best["project"] * gflop_per_image,
-                   "project_fraction_of_conv_limit": best["project"] * gflop_per_image / max(limits)}
+                   "project_fraction_of_conv_limit": best["project"] * gflop_per_image / max(limits),
+                   "step_convolution_bound_gflops": max(bounds),
+                   "step_convolution_bound_fraction": max(bounds) / max(limits)}
         print(f"project step: {gflop_per_image:.2f} GFLOP/image, {report['project_gflops']:.0f} GFLOP/s: "
-              f"{report['project_fraction_of_conv_limit']:.0%} of the convolution limit ({max(limits):.0f} GFLOP/s)")
+              f"{report['project_fraction_of_conv_limit']:.0%} of the convolution limit ({max(limits):.0f} GFLOP/s); "
+              f"its convolutions alone, nothing else taking time: {max(bounds):.0f} GFLOP/s, "
+              f"{report['step_convolution_bound_fraction']:.0%} of the limit")
     if args.json_out:
         atomic_write_json(args.json_out, report)
 

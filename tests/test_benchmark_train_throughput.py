@@ -18,11 +18,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from anime_dcgan.device import pick_runtime
+from anime_dcgan.params import parse_params
+from anime_dcgan.training.calibration import step_runner
 from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # as when the scripts run: their shared modules beside them
-from conv_limit import Convolution, conv_limit, convolution_rates, convolution_shapes, forward_backward_flops
+from conv_limit import (Convolution, conv_limit, convolution_rates, convolution_shapes, forward_backward_flops,
+                        step_convolution_bound, step_convolution_flops, step_passes)
 
 
 def write_sample_zip(path: Path, count: int) -> Path:
@@ -65,6 +68,8 @@ def test_tiny_run_reports_both_rates_their_ratio_and_the_share_of_the_conv_limit
     achieved = report["project_images_per_s"] * report["project_gflop_per_image"]
     assert report["project_gflops"] == pytest.approx(achieved)
     assert report["project_fraction_of_conv_limit"] == pytest.approx(achieved / report["conv_limit_gflops"])
+    assert report["step_convolution_bound_fraction"] == pytest.approx(
+        report["step_convolution_bound_gflops"] / report["conv_limit_gflops"])
 
 
 TINY = ModelConfig("dcgan", image_size=16, nz=8, ngf=4, ndf=4)
@@ -104,3 +109,24 @@ def test_conv_limit_on_tiny_networks():
     assert all(math.isfinite(rate) and rate > 0 for rate in rates.values())
     limit = conv_limit(TINY, 2, torch.float32, torch.device("cpu"), repeats=1)
     assert math.isfinite(limit) and limit > 0
+
+
+def test_the_bounds_passes_are_the_convolutions_one_training_step_runs():
+    """The ceiling counts each layer's forward, data-gradient and weight-gradient passes as the step
+    runs them: their FLOPs add up to PyTorch's count over one real step of the train stage's code."""
+    shapes = convolution_shapes(TINY, batch_size=4)
+    assert [(conv.network, conv.first) for conv in shapes] == (
+        [("generator", True)] + [("generator", False)] * 2 + [("discriminator", True)] + [("discriminator", False)] * 2)
+    assert step_passes(shapes[0]) == (1, 0, 1) and step_passes(shapes[3]) == (3, 1, 2)
+    runtime = pick_runtime("cpu", "fp32", False)
+    step = step_runner(TINY, parse_params({"batch_size": 4}).optim, runtime,
+                       torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8))
+    step()  # the first step: anything done once is out of the count
+    with FlopCounterMode(display=False) as counter:
+        step()
+    assert step_convolution_flops(TINY, 4) == counter.get_total_flops()
+
+
+def test_step_bound_on_tiny_networks():
+    bound = step_convolution_bound(TINY, 2, torch.float32, torch.device("cpu"), repeats=1)
+    assert math.isfinite(bound) and bound > 0
