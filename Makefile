@@ -44,7 +44,7 @@ ui: $(INSTALLED)
 # `dvc exp show` ranked by FID, with the scores and the parameters people sweep (not the ids, constants
 # and 160 columns of "..."): `make leaderboard FID=fid_2k` for another fid_samples, CSV=1 for a file
 FID ?= fid_1k
-LEADERBOARD_COLUMNS := ^(Experiment|rev|(fid|kid)_[0-9]+k?|precision_.*|recall_.*|swd_mean|tvd_mean|seed|arch|lr|lr_g_scale|label_noise|params.yaml:steps|batch_size|ema_decay)$$
+LEADERBOARD_COLUMNS := ^(Experiment|rev|(fid|kid)_[0-9]+k?|precision_.*|recall_.*|swd_mean|tvd_mean|seed|arch|d_norm|lr|lr_g_scale|label_noise|params.yaml:steps|batch_size|ema_decay)$$
 
 leaderboard: $(INSTALLED)
 	@dvc exp show $(if $(CSV),--csv) --sort-by metrics/eval.json:$(FID) --sort-order asc --drop '.*' \

@@ -1,5 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
 from anime_dcgan.training.networks import Discriminator, Generator, ModelConfig, load_model, model_summary, save_model
 
@@ -90,6 +94,35 @@ def test_saved_model_loads_without_params(tmp_path):
     z = torch.randn(3, 10, 1, 1)
     assert torch.equal(loaded(z), generator(z))
     assert list(tmp_path.iterdir()) == [tmp_path / "g.pt"]  # no temporary file left
+
+
+def test_spectral_discriminator_has_no_batchnorm_and_keeps_every_weight_at_spectral_norm_one(tmp_path):
+    config = ModelConfig("article", image_size=16, nz=8, ngf=4, ndf=8, d_norm="spectral")
+    discriminator = Discriminator(config)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in discriminator.modules())
+    weighted = [m for m in discriminator.net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == 3 and all(parametrize.is_parametrized(m, "weight") for m in weighted)
+    for _ in range(10):  # one power iteration per training forward pass
+        discriminator(torch.randn(4, 3, 16, 16))
+    for layer in weighted:
+        largest_singular_value = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
+        assert largest_singular_value.item() == pytest.approx(1.0, abs=0.01)
+
+    # saved and loaded: the same function, the power iteration's vectors included
+    discriminator.eval()
+    save_model(discriminator, tmp_path / "d.pt")
+    loaded = load_model(tmp_path / "d.pt")
+    assert loaded.config == config
+    images = torch.randn(3, 3, 16, 16)
+    assert torch.equal(loaded(images), discriminator(images))
+    # the default keeps BatchNorm; a model saved before d_norm existed loads as one
+    assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(dataclasses.replace(config, d_norm="batch")).modules())
+    old = torch.load(tmp_path / "d.pt", weights_only=True)
+    batch_config = dataclasses.replace(config, d_norm="batch")
+    old["config"] = {k: v for k, v in dataclasses.asdict(batch_config).items() if k != "d_norm"}
+    old["state_dict"] = Discriminator(batch_config).state_dict()
+    torch.save(old, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.d_norm == "batch"
 
 
 def test_invalid_image_size_is_refused():

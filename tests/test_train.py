@@ -140,8 +140,9 @@ def test_a_few_steps_learn_and_land_in_mlflow(tmp_path, monkeypatch):
     assert json.loads((finished / "run.json").read_text()) == {"mlflow_run_id": run.info.run_id, "steps": 12}
 
 
-def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path):
-    settings = {"steps": 300, "checkpoint_every": 20, "log_every": 10, "sample_every": 100}
+@pytest.mark.parametrize("d_norm", ["batch", "spectral"])  # spectral: the power iteration's state resumes too
+def test_killed_run_resumes_bit_identical_and_other_params_never_resume(tmp_path, d_norm):
+    settings = {"steps": 300, "checkpoint_every": 20, "log_every": 10, "sample_every": 100, "d_norm": d_norm}
     reference, root = uninterrupted_and_killed(tmp_path, settings, checkpoints=1)
     saved_step = ckpt.load_checkpoint(next((root / ".cache/checkpoints").iterdir()))["step"]
     assert 0 < saved_step < 300

@@ -103,6 +103,7 @@ class ModelParams(_Strict):
     nz: Int = Field(100, ge=1, le=4096)
     ngf: Int = Field(64, ge=1, le=1024)
     ndf: Int = Field(64, ge=1, le=1024)
+    d_norm: Literal["batch", "spectral"] = "batch"  # the discriminator's normalisation
 
 
 class OptimParams(_Strict):

@@ -8,6 +8,11 @@ Both are fully convolutional and sized from ``image_size`` (a power of two >= 16
 doubles a 4x4 map log2(image_size) - 2 times; the discriminator halves the image down to 4x4.
 The discriminator returns a logit: losses use BCE-with-logits, which is the sigmoid + BCE of the
 article computed stably.
+
+The discriminator's normalisation (`d_norm`): ``batch`` -- BatchNorm after each hidden convolution, as
+both architectures have it; ``spectral`` -- no BatchNorm, every convolution and linear weight divided
+by its largest singular value (spectral normalisation, Miyato et al. 2018: SN-GAN), which bounds how
+sharply D can change between nearby images and so keeps its gradients to G informative.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from anime_dcgan.params import ModelParams
 from anime_dcgan.util.io import atomic_torch_save
 
 Arch = Literal["article", "dcgan"]
+DiscriminatorNorm = Literal["batch", "spectral"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,11 @@ class ModelConfig:
     nz: int = 100    # length of the noise vector z
     ngf: int = 64    # generator feature maps at the last hidden layer
     ndf: int = 64    # discriminator feature maps at the first layer
+    d_norm: DiscriminatorNorm = "batch"
 
     @classmethod
     def from_params(cls, model: ModelParams, image_size: int) -> ModelConfig:
-        return cls(model.arch, image_size, model.nz, model.ngf, model.ndf)
+        return cls(model.arch, image_size, model.nz, model.ngf, model.ndf, model.d_norm)
 
     @property
     def n_doublings(self) -> int:
@@ -105,11 +113,13 @@ class Discriminator(nn.Module):
         super().__init__()
         self.config = config
         arch, n = config.arch, config.n_doublings
+        spectral = config.d_norm == "spectral"
         width = config.ndf
         layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=arch == "article"),  # (B, 64, 32, 32)
                                    _activation(arch, False)]
         for _ in range(n - 1):                                           # (B, 128, 16, 16) ... (B, 512, 4, 4)
-            layers += [_conv(width, width * 2), _batch_norm(width * 2, arch), _activation(arch, False)]
+            norm = [] if spectral else [_batch_norm(width * 2, arch)]
+            layers += [_conv(width, width * 2), *norm, _activation(arch, False)]
             width *= 2
         if arch == "article":                                               # flatten + dense, as in Keras
             layers += [nn.Flatten(), nn.Linear(width * 4 * 4, 1)]       # (B, 8192) -> (B, 1)
@@ -117,6 +127,10 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False), nn.Flatten()]  # (B, 1)
         self.net = nn.Sequential(*layers)
         _initialise(self, arch)
+        if spectral:  # after the initialisation: the weights drawn there become the unnormalised ones
+            for layer in self.net:
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    spectral_norm(layer)  # one power iteration per training forward pass; (u, v) are buffers
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
