@@ -62,6 +62,7 @@ from anime_dcgan.tracking import Tracker  # noqa: E402
 from anime_dcgan.training.loop import TrainOutputs, train  # noqa: E402
 from anime_dcgan.training.networks import load_model  # noqa: E402
 from anime_dcgan.training.sample import generate_for_seeds  # noqa: E402
+from anime_dcgan.util.stage import run_stage  # noqa: E402
 
 # recipe -> (the training run it samples, the generator file of that run)
 RECIPES: dict[str, tuple[str, str]] = {
@@ -226,4 +227,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("quality", main)  # Ctrl-C, SIGTERM, SIGHUP: the training's MLflow run ends KILLED, as in a stage
