@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first check on a machine with a GPU, in at most 8 minutes on one H100/H200:
 #   a. the CUDA tests (tests/test_cuda.py)
-#   b. the training step against pytorch/examples' loop on CUDA (train_throughput.py)
+#   b. the training step against pytorch/examples' loop on CUDA, and its share of the convolution limit
+#      (train_throughput.py --conv-limit)
 #   c. FID Inception throughput, CPU and CUDA (inception_throughput.py)
 #   d. a short training of the default recipe scored by FID on the real sample (quality.py)
 # Each part has its own time limit and writes NAME.log and NAME.json in the output folder; a failed
@@ -44,12 +45,12 @@ cd "$repo" || exit 1
 # busy 2-core CPU.
 if [ "$smoke" = 1 ]; then
     limits=(60 120 90 200)
-    throughput_args=(--device cpu --precision fp32 --steps 2 --warmup 1 --repeats 1 --batch-size 8)
+    throughput_args=(--device cpu --precision fp32 --steps 2 --warmup 1 --repeats 1 --batch-size 8 --conv-limit)
     inception_args=(--images 4 --repeats 1 --fid-images 0)
     quality_args=(--steps 2 --batch-size 8 --samples 8)
 else
     limits=(100 115 70 170)
-    throughput_args=(--device cuda --steps 30 --warmup 5 --repeats 2)
+    throughput_args=(--device cuda --steps 30 --warmup 5 --repeats 2 --conv-limit)
     # two rounds: TorchScript's profiling executor optimises the published network over its first calls
     inception_args=(--images 128 --repeats 2 --fid-images 0)
     quality_args=(--steps 2000 --samples 2000)
@@ -156,7 +157,9 @@ def train_throughput(_log: str) -> str:
     return (f"project {report['project_images_per_s']:.1f} images/s ({report['project_precision']}"
             f"{', compiled' if report['project_compiled'] else ''}), pytorch/examples "
             f"{report['reference_images_per_s']:.1f} images/s: {report['project_over_reference']:.2f}x "
-            f"({report['device']}, batch {report['batch_size']}, best of {report['repeats']})")
+            f"({report['device']}, batch {report['batch_size']}, best of {report['repeats']}); "
+            f"{report['project_fraction_of_conv_limit']:.0%} of the convolution limit, "
+            f"ceiling {report['step_convolution_bound_fraction']:.0%}")
 
 
 def table_rows(log: str) -> list[dict]:

@@ -14,13 +14,20 @@ largest feature difference, FID(half A, half B) with each, and FID between the f
 convolution of the folded network, at the library's batch size, timed alone (fp32, channels_last,
 inference), the best GFLOP/s among them; the folded network's own GFLOP/s is given as a fraction of it.
 
+``--winograd`` (CPU) asks whether fewer FLOPs would pay: PyTorch's one CPU engine that does fewer
+multiplications than a direct convolution, NNPACK (Winograd for 3x3, FFT for larger kernels, at stride
+1), timed against oneDNN on every stride-1 convolution the folded network runs, at the library's batch
+size, each as the network would call it (oneDNN on channels_last maps; NNPACK on NCHW, with the two
+layout copies it needs), with its largest error against float64.
+
 ``--metric-costs`` also times the other metrics at the evaluate stage's default size (1,000
 generated images against a 5,000-image reference), on random features and the real images.
 
 Real images: the shared sample of real anime faces (benchmarks/common.py) when present, else
 data/processed/images.npy.
 
-    .venv/bin/python benchmarks/inception_throughput.py [--images 128] [--repeats 3] [--fid-images 500] [--conv-limit] [--metric-costs]
+    .venv/bin/python benchmarks/inception_throughput.py [--images 128] [--repeats 3] [--fid-images 500] [--conv-limit]
+        [--winograd] [--metric-costs]
 """
 
 from __future__ import annotations
@@ -160,6 +167,67 @@ def convolution_limit(device: torch.device, repeats: int = 3) -> tuple[float, fl
     return best, counter.get_total_flops() / len(batch) / 1e9
 
 
+def best_seconds(run, repeats: int) -> float:
+    run()  # the first call picks the kernel (and sizes NNPACK's workspace), untimed
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    return min(seconds)
+
+
+def winograd_alternative(repeats: int = 3) -> None:
+    """oneDNN against NNPACK on each stride-1, larger-than-1x1 convolution of one forward pass (CPU)."""
+    if not torch._nnpack_available():  # also initialises NNPACK, which its operator does not do itself
+        print("\nNNPACK is not in this PyTorch build")
+        return
+    network = extractor(torch.device("cpu"), "folded")
+    calls = []  # (convolution module, its input shape), in the order the network runs them
+    hooks = [module.register_forward_pre_hook(lambda m, inputs: calls.append((m, tuple(inputs[0].shape))))
+             for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    batch = torch.zeros(default_batch_size(torch.device("cpu")), 3, 64, 64, dtype=torch.uint8)
+    with torch.inference_mode():
+        network(batch)
+    for hook in hooks:
+        hook.remove()
+    onednn_total = best_total = 0.0
+    faster, slowdowns = [], []  # NNPACK's time over oneDNN's where it loses
+    with torch.inference_mode():
+        for conv, input_shape in calls:
+            if conv.stride != (1, 1) or conv.kernel_size == (1, 1):
+                continue
+            x = torch.randn(input_shape).contiguous(memory_format=torch.channels_last)
+            weight = conv.weight.contiguous()  # NNPACK reads NCHW weights
+
+            def nnpack() -> torch.Tensor:
+                out = torch.ops.aten._nnpack_spatial_convolution(x.contiguous(), weight, conv.bias, list(conv.padding), [1, 1])
+                return out.contiguous(memory_format=torch.channels_last)
+
+            onednn_s = best_seconds(lambda: conv(x), repeats)
+            nnpack_s = best_seconds(nnpack, repeats)
+            onednn_total += onednn_s
+            best_total += min(onednn_s, nnpack_s)
+            if nnpack_s >= onednn_s:
+                slowdowns.append(nnpack_s / onednn_s)
+            else:
+                exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, conv.padding)
+                error = ((nnpack().double() - exact).abs().max() / exact.abs().max()).item()
+                faster.append(f"{tuple(input_shape)} {conv.kernel_size[0]}x{conv.kernel_size[1]}: {onednn_s * 1e3:.1f} ms "
+                              f"-> {nnpack_s * 1e3:.1f} ms, error {error:.1e} of the largest output")
+    print(f"\nNNPACK against oneDNN on the {len(faster) + len(slowdowns)} stride-1 convolutions larger than 1x1 "
+          f"of a batch of {len(batch)}: faster on {len(faster)}")
+    print("\n".join(f"  {line}" for line in faster))
+    if slowdowns:
+        print(f"  slower on the other {len(slowdowns)}: {min(slowdowns):.2f}x to {max(slowdowns):.2f}x oneDNN's time")
+    with torch.inference_mode():
+        network_s = best_seconds(lambda: network(batch), repeats)
+    saved = onednn_total - best_total
+    print(f"those convolutions: {onednn_total * 1e3:.1f} ms with oneDNN, {best_total * 1e3:.1f} ms with the faster engine "
+          f"for each; the whole network: {network_s * 1e3:.1f} ms a batch, so at most {saved / network_s:.1%} faster "
+          f"({network_s / (network_s - saved):.3f}x)", flush=True)
+
+
 def fid_of_halves(features: np.ndarray) -> float:
     half = len(features) // 2
     return frechet_distance(*feature_statistics(features[:half]), *feature_statistics(features[half:]))
@@ -212,6 +280,8 @@ def main() -> None:
                         help="real images for the folded and bf16 agreement check (0: skip)")
     parser.add_argument("--conv-limit", action="store_true",
                         help="also measure the convolution limit and the folded network's fraction of it")
+    parser.add_argument("--winograd", action="store_true",
+                        help="also time NNPACK's Winograd/FFT convolutions against oneDNN's on the CPU")
     parser.add_argument("--metric-costs", action="store_true", help="also time the other metrics")
     args = parser.parse_args()
 
@@ -228,6 +298,8 @@ def main() -> None:
         print(f"\n{device.type}: the network does {gflop_per_image:.2f} GFLOP per image; its convolutions' limit here "
               f"(the best alone, batch {default_batch_size(device)}) is {limit:.1f} GFLOP/s; the folded network ran at "
               f"{achieved:.1f} GFLOP/s, {achieved / limit:.0%} of it", flush=True)
+    if args.winograd:
+        winograd_alternative(args.repeats)
     if args.fid_images:
         for device in devices:
             agreement(images[:args.fid_images], device)

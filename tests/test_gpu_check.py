@@ -35,7 +35,8 @@ def test_the_smoke_run_goes_through_every_part_on_the_cpu(tmp_path, shared_sampl
     part = {letter: found[0] for letter, found in lines.items()}
     assert all(re.search(r"; \d+ s$", line) for line in part.values()), summary  # each part's seconds
     assert "skipped (0 passed, 0 failed, " in part["a"]  # no CUDA device for the CUDA tests
-    assert re.search(r": \d+\.\d\dx \(cpu, batch 8", part["b"]), part["b"]
+    assert re.search(r": \d+\.\d\dx \(cpu, batch 8, best of 1\); \d+% of the convolution limit, ceiling \d+%",
+                     part["b"]), part["b"]
     assert "cpu: " in part["c"] and "| cpu | folded, batch 8 |" in summary  # its table, below the parts
     assert re.search(r"fid_8 \d+\.\d\d, kid_8 ", part["d"]), part["d"]
     for name in PARTS.values():
