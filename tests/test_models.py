@@ -117,9 +117,9 @@ def test_spectral_discriminator_has_no_batchnorm_and_keeps_every_weight_at_spect
     images = torch.randn(3, 3, 16, 16)
     assert torch.equal(loaded(images), discriminator(images))
     # the default keeps BatchNorm; a model saved before d_norm existed loads as one
-    assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(dataclasses.replace(config, d_norm="batch")).modules())
-    old = torch.load(tmp_path / "d.pt", weights_only=True)
     batch_config = dataclasses.replace(config, d_norm="batch")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(batch_config).modules())
+    old = torch.load(tmp_path / "d.pt", weights_only=True)
     old["config"] = {k: v for k, v in dataclasses.asdict(batch_config).items() if k != "d_norm"}
     old["state_dict"] = Discriminator(batch_config).state_dict()
     torch.save(old, tmp_path / "old.pt")
