@@ -34,12 +34,15 @@ test-e2e: $(INSTALLED)
 	python -m pytest -m e2e
 
 # the link opens the experiment's runs in the UI's model-training view (its default is the GenAI view);
-# one worker: the default four, with their job runners, take gigabytes on a small machine
+# one worker: the default four, with their job runners, take gigabytes on a small machine; no job runner
+# at all (it runs GenAI jobs: trace scoring and archival, which this project has none of), so the UI
+# starts sooner and stops at once on Ctrl-C
 ui: $(INSTALLED)
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments/$$(python -c "from mlflow import MlflowClient; \
 		e = MlflowClient('$(MLFLOW_STORE)').get_experiment_by_name('anime-dcgan'); print(e.experiment_id if e else 0)" \
 		2>/dev/null)/runs?workflowType=machine_learning"
-	mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+		mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # `dvc exp show` ranked by FID, with the scores and the parameters people sweep (not the ids, constants
 # and 160 columns of "..."): `make leaderboard FID=fid_2k` for another fid_samples, CSV=1 for a file
