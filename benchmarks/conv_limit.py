@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,34 +88,43 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def best_seconds(run: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls of `run`, after one untimed call (where oneDNN, cuDNN or
+    NNPACK pick their kernel and size their workspace)."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        synchronise(device)
+        started = time.perf_counter()
+        run()
+        synchronise(device)
+        seconds.append(time.perf_counter() - started)
+    return min(seconds)
+
+
+def random_channels_last(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
 def convolution_rates(model: ModelConfig, batch_size: int, dtype: torch.dtype, device: torch.device,
                       repeats: int = 3) -> dict[Convolution, float]:
     """Each of convolution_shapes with its forward + backward GFLOP/s, the best of `repeats` timed calls."""
-    def tensor(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-
     rates = {}
     for conv in convolution_shapes(model, batch_size):
-        x, weight = (tensor(shape).requires_grad_() for shape in (conv.input_shape, conv.weight_shape))
-        grad_out = tensor(conv.output_shape)
+        x, weight = (random_channels_last(shape, dtype, device).requires_grad_()
+                     for shape in (conv.input_shape, conv.weight_shape))
+        grad_out = random_channels_last(conv.output_shape, dtype, device)
         op = F.conv_transpose2d if conv.transposed else F.conv2d
-        seconds = []
-        for _ in range(repeats + 1):  # the first call, untimed, is where oneDNN/cuDNN pick their kernel
-            synchronise(device)
-            started = time.perf_counter()
-            torch.autograd.grad(op(x, weight, stride=conv.stride, padding=conv.padding), (x, weight), grad_out)
-            synchronise(device)
-            seconds.append(time.perf_counter() - started)
-        rates[conv] = forward_backward_flops(conv) / min(seconds[1:]) / 1e9
+        seconds = best_seconds(lambda: torch.autograd.grad(op(x, weight, stride=conv.stride, padding=conv.padding),
+                                                           (x, weight), grad_out), device, repeats)
+        rates[conv] = forward_backward_flops(conv) / seconds / 1e9
     return rates
 
 
 def pass_seconds(conv: Convolution, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> tuple[float, float, float]:
     """Seconds of `conv`'s forward, data gradient and weight gradient, each timed alone (best of `repeats`)."""
-    def tensor(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-
-    x, weight, grad_out = tensor(conv.input_shape), tensor(conv.weight_shape), tensor(conv.output_shape)
+    x, weight, grad_out = (random_channels_last(shape, dtype, device)
+                           for shape in (conv.input_shape, conv.weight_shape, conv.output_shape))
     stride, padding = [conv.stride] * 2, [conv.padding] * 2
     op = F.conv_transpose2d if conv.transposed else F.conv2d
 
@@ -122,19 +132,10 @@ def pass_seconds(conv: Convolution, dtype: torch.dtype, device: torch.device, re
         torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, [1, 1], conv.transposed,
                                             [0, 0], 1, mask)
 
-    passes = (lambda: op(x, weight, stride=conv.stride, padding=conv.padding),
-              lambda: backward([True, False, False]), lambda: backward([False, True, False]))
-    best = []
-    for run in passes:
-        seconds = []
-        for _ in range(repeats + 1):  # the first call, untimed, picks the kernel
-            synchronise(device)
-            started = time.perf_counter()
-            run()
-            synchronise(device)
-            seconds.append(time.perf_counter() - started)
-        best.append(min(seconds[1:]))
-    return best[0], best[1], best[2]
+    forward_s = best_seconds(lambda: op(x, weight, stride=conv.stride, padding=conv.padding), device, repeats)
+    data_gradient_s = best_seconds(lambda: backward([True, False, False]), device, repeats)
+    weight_gradient_s = best_seconds(lambda: backward([False, True, False]), device, repeats)
+    return forward_s, data_gradient_s, weight_gradient_s
 
 
 def step_convolution_bound(model: ModelConfig, batch_size: int, dtype: torch.dtype, device: torch.device,
@@ -159,11 +160,11 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
     runtime = pick_runtime(args.device, args.precision, False)
-    dtype = runtime.autocast_dtype or torch.float32
-    rates = convolution_rates(ModelConfig("dcgan"), args.batch_size, dtype, runtime.device)
+    dtype, model = runtime.autocast_dtype or torch.float32, ModelConfig("dcgan")
+    rates = convolution_rates(model, args.batch_size, dtype, runtime.device)
     print("\n".join(f"{rate:5.0f} GFLOP/s  {conv}" for conv, rate in rates.items()))
     limit = max(rates.values())
-    bound = step_convolution_bound(ModelConfig("dcgan"), args.batch_size, dtype, runtime.device)
+    bound = step_convolution_bound(model, args.batch_size, dtype, runtime.device)
     print(f"limit ({runtime.device.type}, {runtime.precision}): {limit:.0f} GFLOP/s; a training step whose "
           f"convolutions ran as fast as each does alone, with nothing else taking time: {bound:.0f} GFLOP/s, "
           f"{bound / limit:.0%} of the limit")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import REPO_ROOT, sample_zip  # beside this script
-from conv_limit import synchronise
+from conv_limit import best_seconds
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -156,25 +156,11 @@ def convolution_limit(device: torch.device, repeats: int = 3) -> tuple[float, fl
             x, weight = (torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
                          for shape in (input_shape, weight_shape))
             bias = torch.randn(weight_shape[0], device=device)
-            output = F.conv2d(x, weight, bias, stride, padding)  # the first call picks the kernel, untimed
+            output = F.conv2d(x, weight, bias, stride, padding)
             flops = 2 * output.numel() * torch.Size(weight_shape[1:]).numel()
-            for _ in range(repeats):
-                synchronise(device)
-                started = time.perf_counter()
-                F.conv2d(x, weight, bias, stride, padding)
-                synchronise(device)
-                best = max(best, flops / (time.perf_counter() - started) / 1e9)
+            seconds = best_seconds(lambda: F.conv2d(x, weight, bias, stride, padding), device, repeats)
+            best = max(best, flops / seconds / 1e9)
     return best, counter.get_total_flops() / len(batch) / 1e9
-
-
-def best_seconds(run, repeats: int) -> float:
-    run()  # the first call picks the kernel (and sizes NNPACK's workspace), untimed
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - started)
-    return min(seconds)
 
 
 def winograd_alternative(repeats: int = 3) -> None:
@@ -182,11 +168,12 @@ def winograd_alternative(repeats: int = 3) -> None:
     if not torch._nnpack_available():  # also initialises NNPACK, which its operator does not do itself
         print("\nNNPACK is not in this PyTorch build")
         return
-    network = extractor(torch.device("cpu"), "folded")
+    cpu = torch.device("cpu")
+    network = extractor(cpu, "folded")
     calls = []  # (convolution module, its input shape), in the order the network runs them
     hooks = [module.register_forward_pre_hook(lambda m, inputs: calls.append((m, tuple(inputs[0].shape))))
              for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
-    batch = torch.zeros(default_batch_size(torch.device("cpu")), 3, 64, 64, dtype=torch.uint8)
+    batch = torch.zeros(default_batch_size(cpu), 3, 64, 64, dtype=torch.uint8)
     with torch.inference_mode():
         network(batch)
     for hook in hooks:
@@ -204,8 +191,8 @@ def winograd_alternative(repeats: int = 3) -> None:
                 out = torch.ops.aten._nnpack_spatial_convolution(x.contiguous(), weight, conv.bias, list(conv.padding), [1, 1])
                 return out.contiguous(memory_format=torch.channels_last)
 
-            onednn_s = best_seconds(lambda: conv(x), repeats)
-            nnpack_s = best_seconds(nnpack, repeats)
+            onednn_s = best_seconds(lambda: conv(x), cpu, repeats)
+            nnpack_s = best_seconds(nnpack, cpu, repeats)
             onednn_total += onednn_s
             best_total += min(onednn_s, nnpack_s)
             if nnpack_s >= onednn_s:
@@ -221,7 +208,7 @@ def winograd_alternative(repeats: int = 3) -> None:
     if slowdowns:
         print(f"  slower on the other {len(slowdowns)}: {min(slowdowns):.2f}x to {max(slowdowns):.2f}x oneDNN's time")
     with torch.inference_mode():
-        network_s = best_seconds(lambda: network(batch), repeats)
+        network_s = best_seconds(lambda: network(batch), cpu, repeats)
     saved = onednn_total - best_total
     print(f"those convolutions: {onednn_total * 1e3:.1f} ms with oneDNN, {best_total * 1e3:.1f} ms with the faster engine "
           f"for each; the whole network: {network_s * 1e3:.1f} ms a batch, so at most {saved / network_s:.1%} faster "
